@@ -1,7 +1,17 @@
 //! Remora: an Envoy-compatible service-mesh sidecar data plane.
 //!
 //! Config flows one way: `bootstrap` (and later xDS) → envoy-types protos → `model` (validated,
-//! immutable) → one `Snapshot` swapped atomically; the data path (`listener`, `http`, `tcp`,
-//! `upstream`) only reads snapshots.
+//! immutable) → one `Snapshot` in `state`, swapped atomically; the data path (`listener`, `http`,
+//! `tcp`, `upstream`, `tls`) only reads snapshots. `admin` and `telemetry` observe both sides.
 
+pub mod admin;
 pub mod bootstrap;
+pub mod http;
+pub mod listener;
+pub mod model;
+pub mod server;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,1 +1,95 @@
-fn main() {}
+//! The `remora` binary: Envoy's command line. Thin: everything lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use remora::bootstrap::cli::{Mode, Options};
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    if opts.version {
+        println!(
+            "remora version: {}/Clean/RELEASE/rustls",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&opts);
+    let config_name = opts
+        .config_path
+        .clone()
+        .unwrap_or_else(|| "--config-yaml".into());
+    match opts.mode {
+        Mode::Validate => match remora::server::load(&opts) {
+            Ok(snapshot) => {
+                for note in &snapshot.notes {
+                    eprintln!("warning: {note}");
+                }
+                println!("configuration '{config_name}' OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error initializing configuration '{config_name}': {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Mode::Serve | Mode::InitOnly => {
+            let runtime = match build_runtime(opts.concurrency) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                if opts.mode == Mode::InitOnly {
+                    return remora::server::load(&opts).map(|_| ());
+                }
+                remora::server::run(&opts).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error initializing configuration '{config_name}': {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// `--concurrency 1` runs everything on one thread (Envoy's single worker), otherwise a worker
+/// per requested (or available) core.
+fn build_runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if concurrency == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if concurrency > 1 {
+        b.worker_threads(concurrency);
+    }
+    b.enable_all().build()
+}
+
+fn init_logging(opts: &Options) {
+    let filter = tracing_subscriber::EnvFilter::try_new(opts.tracing_filter())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Some(path) = &opts.log_path {
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            builder.with_writer(std::sync::Mutex::new(file)).init();
+            return;
+        }
+    }
+    builder.init();
+}

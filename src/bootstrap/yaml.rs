@@ -35,8 +35,15 @@ pub fn to_json(text: &str) -> Result<Value, YamlError> {
 }
 
 enum Frame {
-    Seq { items: Vec<Value>, anchor: usize },
-    Map { map: Map<String, Value>, key: Option<String>, anchor: usize },
+    Seq {
+        items: Vec<Value>,
+        anchor: usize,
+    },
+    Map {
+        map: Map<String, Value>,
+        key: Option<String>,
+        anchor: usize,
+    },
 }
 
 #[derive(Default)]
@@ -92,14 +99,19 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 // Envoy reads mapping keys as their literal text (`as<std::string>()`), never as
                 // booleans or numbers: `y:` is the key "y".
-                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None, ..
+                }) = self.stack.last_mut()
+                {
                     if anchor > 0 {
                         self.anchors.insert(anchor, Value::String(text.clone()));
                     }
                     *key = Some(text);
                     return;
                 }
-                let explicit_string = tag.as_ref().is_some_and(|t| t.suffix == "str" || t.handle == "!");
+                let explicit_string = tag
+                    .as_ref()
+                    .is_some_and(|t| t.suffix == "str" || t.handle == "!");
                 let value = if style != TScalarStyle::Plain || explicit_string {
                     Value::String(text)
                 } else {
@@ -108,7 +120,10 @@ impl MarkedEventReceiver for Builder {
                 self.remember(anchor, &value);
                 self.push_value(value, line);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { items: Vec::new(), anchor }),
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                items: Vec::new(),
+                anchor,
+            }),
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { items, anchor }) = self.stack.pop() {
                     let v = Value::Array(items);
@@ -116,9 +131,11 @@ impl MarkedEventReceiver for Builder {
                     self.push_value(v, line);
                 }
             }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map { map: Map::new(), key: None, anchor })
-            }
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                map: Map::new(),
+                key: None,
+                anchor,
+            }),
             Event::MappingEnd => {
                 if let Some(Frame::Map { map, anchor, .. }) = self.stack.pop() {
                     let v = Value::Object(map);
@@ -129,10 +146,17 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(v) => self.push_value(v, line),
                 None => {
-                    self.error = Some(YamlError::Structure { line, reason: "alias to an unknown anchor".into() })
+                    self.error = Some(YamlError::Structure {
+                        line,
+                        reason: "alias to an unknown anchor".into(),
+                    })
                 }
             },
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
         }
     }
 }
@@ -176,7 +200,10 @@ fn parse_int(text: &str) -> Option<i64> {
     }
     let magnitude = if let Some(hex) = digits.strip_prefix("0x") {
         i64::from_str_radix(hex, 16).ok()?
-    } else if digits.len() > 1 && digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()) {
+    } else if digits.len() > 1
+        && digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
         i64::from_str_radix(&digits[1..], 8).ok()?
     } else if digits.bytes().all(|b| b.is_ascii_digit()) {
         match digits.parse::<i64>() {
@@ -193,8 +220,11 @@ fn parse_int(text: &str) -> Option<i64> {
 fn looks_like_float(text: &str) -> bool {
     let t = text.trim_start_matches(['+', '-']);
     !t.is_empty()
-        && t.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && t.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
 }
 
 #[cfg(test)]

@@ -1,0 +1,212 @@
+//! The validated, immutable configuration the data path reads.
+//!
+//! Owns: translating envoy-types protos into typed, checked structures and assembling them into one
+//! [`Snapshot`]; every error names the resource, the field path and the reason. Must not do network
+//! I/O (it reads certificate and body files named by `DataSource`, as Envoy does at load time).
+
+// Envoy still accepts its deprecated fields (legacy header matchers, `http2_protocol_options`, …),
+// so the model reads them on purpose.
+#![allow(deprecated)]
+
+pub mod cluster;
+pub mod error;
+pub mod format;
+pub mod hcm;
+pub mod headers;
+pub mod listener;
+pub mod matcher;
+pub mod route;
+pub mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+
+use crate::bootstrap::decode;
+pub use cluster::Cluster;
+pub use error::{ConfigError, FieldError, FieldResult};
+pub use listener::Listener;
+pub use route::RouteTable;
+
+/// One complete, validated configuration. The data path holds an `Arc<Snapshot>` per connection
+/// and never sees a partially applied update.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub admin_address: Option<SocketAddr>,
+    pub node: NodeInfo,
+    /// Things accepted but not (fully) implemented, each said once at load time.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+}
+
+/// Warnings collected while translating; never errors.
+#[derive(Debug, Default)]
+pub struct Notes {
+    seen: HashSet<String>,
+    pub list: Vec<String>,
+}
+
+impl Notes {
+    pub fn warn(&mut self, msg: String) {
+        if self.seen.insert(msg.clone()) {
+            self.list.push(msg);
+        }
+    }
+
+    pub fn per_filter_config<'a>(&mut self, names: impl Iterator<Item = &'a String>) {
+        for n in names {
+            self.warn(format!("typed_per_filter_config for '{n}' has no effect: Remora does not implement that filter"));
+        }
+    }
+}
+
+/// Builds the snapshot of a static bootstrap, with Envoy's cross-resource checks.
+pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
+    let mut notes = Notes::default();
+    let mut snapshot = Snapshot::default();
+    if let Some(node) = &b.node {
+        snapshot.node = NodeInfo {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+        };
+    }
+    if let Some(admin) = &b.admin {
+        if let Some(addr) = &admin.address {
+            snapshot.admin_address = Some(
+                listener::socket_address(addr)
+                    .map_err(|e| e.within("address").for_resource("admin", "admin"))?,
+            );
+        }
+    }
+    let sr = b.static_resources.clone().unwrap_or_default();
+    for (i, c) in sr.clusters.iter().enumerate() {
+        let cluster = Cluster::from_proto(c, &mut notes)
+            .map_err(|e| within_index(e, "static_resources.clusters", i))?;
+        if snapshot
+            .clusters
+            .insert(cluster.name.clone(), Arc::new(cluster))
+            .is_some()
+        {
+            return Err(ConfigError::new(
+                "cluster",
+                &c.name,
+                format!("static_resources.clusters[{i}].name"),
+                format!("cluster manager: duplicate cluster '{}' found", c.name),
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    for (i, l) in sr.listeners.iter().enumerate() {
+        let listener = Listener::from_proto(l, &mut notes)
+            .map_err(|e| within_index(e, "static_resources.listeners", i))?;
+        if !l.name.is_empty() && !names.insert(l.name.clone()) {
+            return Err(ConfigError::new(
+                "listener",
+                &l.name,
+                format!("static_resources.listeners[{i}].name"),
+                format!(
+                    "error adding listener named '{}': duplicate listener name",
+                    l.name
+                ),
+            ));
+        }
+        if listener.bind_to_port && listener.address.port() != 0 {
+            if let Some(other) = addresses.insert(listener.address, l.name.clone()) {
+                return Err(ConfigError::new(
+                    "listener",
+                    &l.name,
+                    format!("static_resources.listeners[{i}].address"),
+                    format!("error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener", listener.address, listener.address),
+                ));
+            }
+        }
+        for table in listener.inline_route_tables() {
+            for (vh, cluster) in table.referenced_clusters() {
+                if !snapshot.clusters.contains_key(cluster) {
+                    return Err(ConfigError::new(
+                        "route configuration",
+                        &table.name,
+                        format!("static_resources.listeners[{i}]"),
+                        format!("route: unknown cluster '{cluster}' (virtual host '{vh}')"),
+                    ));
+                }
+            }
+        }
+        for cluster in listener.tcp_clusters() {
+            if !snapshot.clusters.contains_key(cluster) {
+                // Envoy resolves tcp_proxy clusters at connection time, so this is only a note.
+                notes.warn(format!(
+                    "listener '{}': tcp_proxy cluster '{cluster}' does not exist",
+                    l.name
+                ));
+            }
+        }
+        snapshot.listeners.push(Arc::new(listener));
+    }
+    if !sr.secrets.is_empty() {
+        notes.warn("static secrets are not implemented yet".into());
+    }
+    if b.dynamic_resources.is_some() {
+        notes.warn(
+            "dynamic_resources (xDS) are not implemented yet: only static resources are served"
+                .into(),
+        );
+    }
+    snapshot.notes = notes.list;
+    Ok(snapshot)
+}
+
+fn within_index(mut e: ConfigError, list: &str, i: usize) -> ConfigError {
+    e.path = format!("{list}[{i}].{}", e.path);
+    e
+}
+
+/// A protobuf `Duration` as a std `Duration`; negative values are rejected as Envoy's PGV does.
+pub fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> FieldResult<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(FieldError::new(
+            "",
+            "value must be greater than or equal to 0s",
+        ));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// Reads a `DataSource` (inline or file) as Envoy does at load time.
+pub fn data_source(ds: &DataSource) -> FieldResult<bytes::Bytes> {
+    match &ds.specifier {
+        Some(Specifier::InlineBytes(b)) => Ok(bytes::Bytes::from(b.clone())),
+        Some(Specifier::InlineString(s)) => Ok(bytes::Bytes::from(s.clone())),
+        Some(Specifier::Filename(f)) => std::fs::read(f)
+            .map(bytes::Bytes::from)
+            .map_err(|e| FieldError::new("filename", format!("Invalid path: {f}: {e}"))),
+        Some(Specifier::EnvironmentVariable(v)) => {
+            std::env::var(v).map(bytes::Bytes::from).map_err(|_| {
+                FieldError::new(
+                    "environment_variable",
+                    format!("Environment variable doesn't exist: {v}"),
+                )
+            })
+        }
+        None => Ok(bytes::Bytes::new()),
+    }
+}
+
+/// Unpacks an `Any` (or a TypedStruct-wrapped one) as `T`, with unknown fields rejected.
+pub fn unpack<T: prost::Message + prost::Name + Default>(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<T, String> {
+    decode::unpack(any, decode::DecodeOptions::default()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,266 @@
+//! TLS contexts of transport sockets (`DownstreamTlsContext`, `UpstreamTlsContext`), with
+//! certificate material loaded from inline data or files. Building rustls configs is `tls`'s job.
+
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+
+use super::error::{FieldError, FieldResult};
+use super::matcher::StringMatcher;
+use super::{data_source, unpack};
+
+pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+#[derive(Debug, Clone)]
+pub struct CertificateKey {
+    pub certificate_chain: Vec<u8>,
+    pub private_key: Vec<u8>,
+}
+
+/// Peer verification: trust anchors and subject-alt-name matchers.
+#[derive(Debug, Clone, Default)]
+pub struct Validation {
+    pub trusted_ca: Option<Vec<u8>>,
+    pub san_matchers: Vec<SanMatcher>,
+    pub allow_expired: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SanType {
+    Any,
+    Dns,
+    Uri,
+    Email,
+    IpAddress,
+}
+
+#[derive(Debug, Clone)]
+pub struct SanMatcher {
+    pub san_type: SanType,
+    pub matcher: StringMatcher,
+}
+
+/// Certificates, validation and protocol parameters common to both directions.
+#[derive(Debug, Clone, Default)]
+pub struct CommonTls {
+    pub certificates: Vec<CertificateKey>,
+    /// SDS secret names for the certificate and the validation context (resolved by `identity`).
+    pub certificate_sds: Vec<String>,
+    pub validation_sds: Option<String>,
+    pub validation: Option<Validation>,
+    pub alpn: Vec<String>,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone)]
+pub struct DownstreamTls {
+    pub common: CommonTls,
+    pub require_client_certificate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub common: CommonTls,
+    pub sni: Option<String>,
+    pub auto_host_sni: bool,
+}
+
+/// `None` for plaintext (no socket or raw_buffer).
+pub fn downstream_from_transport_socket(
+    ts: &TransportSocket,
+) -> FieldResult<Option<DownstreamTls>> {
+    let Some(any) = typed_config(ts)? else {
+        return Ok(None);
+    };
+    let ctx: pb::DownstreamTlsContext =
+        unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
+    let common = common(ctx.common_tls_context.as_ref())
+        .map_err(|e| e.within("typed_config.common_tls_context"))?;
+    if common.certificates.is_empty() && common.certificate_sds.is_empty() {
+        return Err(FieldError::new(
+            "typed_config.common_tls_context",
+            "No TLS certificates found for server context",
+        ));
+    }
+    Ok(Some(DownstreamTls {
+        common,
+        require_client_certificate: ctx.require_client_certificate.is_some_and(|b| b.value),
+    }))
+}
+
+pub fn upstream_from_transport_socket(ts: &TransportSocket) -> FieldResult<Option<UpstreamTls>> {
+    let Some(any) = typed_config(ts)? else {
+        return Ok(None);
+    };
+    let ctx: pb::UpstreamTlsContext =
+        unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
+    let common = common(ctx.common_tls_context.as_ref())
+        .map_err(|e| e.within("typed_config.common_tls_context"))?;
+    Ok(Some(UpstreamTls {
+        common,
+        sni: Some(ctx.sni).filter(|s| !s.is_empty()),
+        auto_host_sni: ctx.auto_host_sni,
+    }))
+}
+
+fn typed_config(
+    ts: &TransportSocket,
+) -> FieldResult<Option<&envoy_types::pb::google::protobuf::Any>> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name == "raw_buffer" {
+            return Ok(None);
+        }
+        return Err(FieldError::new(
+            "typed_config",
+            format!("transport socket '{}' needs a typed_config", ts.name),
+        ));
+    };
+    let name = super::decode::effective_type_name(any)
+        .map_err(|e| FieldError::new("typed_config", e.to_string()))?;
+    match name.as_str() {
+        RAW_BUFFER => Ok(None),
+        DOWNSTREAM | UPSTREAM => Ok(Some(any)),
+        other => Err(FieldError::new(
+            "typed_config",
+            format!("transport socket type {other} is not supported"),
+        )),
+    }
+}
+
+fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
+    let Some(c) = c else {
+        return Ok(CommonTls::default());
+    };
+    let mut out = CommonTls {
+        alpn: c.alpn_protocols.clone(),
+        ..Default::default()
+    };
+    for (i, cert) in c.tls_certificates.iter().enumerate() {
+        let path = format!("tls_certificates[{i}]");
+        let chain = cert.certificate_chain.as_ref().ok_or_else(|| {
+            FieldError::new(format!("{path}.certificate_chain"), "value is required")
+        })?;
+        let key = cert
+            .private_key
+            .as_ref()
+            .ok_or_else(|| FieldError::new(format!("{path}.private_key"), "value is required"))?;
+        out.certificates.push(CertificateKey {
+            certificate_chain: data_source(chain)
+                .map_err(|e| e.within(&format!("{path}.certificate_chain")))?
+                .to_vec(),
+            private_key: data_source(key)
+                .map_err(|e| e.within(&format!("{path}.private_key")))?
+                .to_vec(),
+        });
+    }
+    out.certificate_sds = c
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    match &c.validation_context_type {
+        None => {}
+        Some(ValidationContextType::ValidationContext(v)) => {
+            out.validation = Some(validation(v).map_err(|e| e.within("validation_context"))?)
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            out.validation_sds = Some(s.name.clone())
+        }
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            if let Some(d) = &cv.default_validation_context {
+                out.validation = Some(validation(d).map_err(|e| {
+                    e.within("combined_validation_context.default_validation_context")
+                })?);
+            }
+            out.validation_sds = cv
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(|s| s.name.clone());
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "validation_context_type",
+                "certificate provider validation contexts are not supported",
+            ))
+        }
+    }
+    if let Some(p) = &c.tls_params {
+        out.min_version = tls_version(p.tls_minimum_protocol_version);
+        out.max_version = tls_version(p.tls_maximum_protocol_version);
+    }
+    Ok(out)
+}
+
+pub fn validation(v: &pb::CertificateValidationContext) -> FieldResult<Validation> {
+    let trusted_ca = v
+        .trusted_ca
+        .as_ref()
+        .map(|ds| {
+            data_source(ds)
+                .map(|b| b.to_vec())
+                .map_err(|e| e.within("trusted_ca"))
+        })
+        .transpose()?;
+    let mut san_matchers = Vec::new();
+    for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
+        let san_type = match m.san_type {
+            1 => SanType::Email,
+            2 => SanType::Dns,
+            3 => SanType::Uri,
+            4 => SanType::IpAddress,
+            _ => {
+                return Err(FieldError::new(
+                    format!("match_typed_subject_alt_names[{i}].san_type"),
+                    "value must be one of EMAIL, DNS, URI, IP_ADDRESS",
+                ))
+            }
+        };
+        let matcher = m.matcher.as_ref().ok_or_else(|| {
+            FieldError::new(
+                format!("match_typed_subject_alt_names[{i}].matcher"),
+                "value is required",
+            )
+        })?;
+        san_matchers.push(SanMatcher {
+            san_type,
+            matcher: StringMatcher::from_proto(matcher)
+                .map_err(|e| e.within(&format!("match_typed_subject_alt_names[{i}].matcher")))?,
+        });
+    }
+    #[allow(deprecated)]
+    for (i, m) in v.match_subject_alt_names.iter().enumerate() {
+        san_matchers.push(SanMatcher {
+            san_type: SanType::Any,
+            matcher: StringMatcher::from_proto(m)
+                .map_err(|e| e.within(&format!("match_subject_alt_names[{i}]")))?,
+        });
+    }
+    Ok(Validation {
+        trusted_ca,
+        san_matchers,
+        allow_expired: v.allow_expired_certificate,
+    })
+}
+
+fn tls_version(v: i32) -> Option<TlsVersion> {
+    match v {
+        1 => Some(TlsVersion::Tls10),
+        2 => Some(TlsVersion::Tls11),
+        3 => Some(TlsVersion::Tls12),
+        4 => Some(TlsVersion::Tls13),
+        _ => None,
+    }
+}

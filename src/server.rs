@@ -1,0 +1,133 @@
+//! Process orchestration: load the bootstrap into a snapshot, validate it (validate mode stops
+//! there), bind listeners and the admin API, serve, and drain on SIGTERM / SIGINT.
+//!
+//! Owns: the order of start-up and shutdown. Must not implement any data-path behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::bootstrap::{self, BootstrapError, Options};
+use crate::listener::{self, ListenerRuntime};
+use crate::model::{self, ConfigError, Snapshot};
+use crate::state::{ProxyState, ServerState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {what} to {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Loads and fully validates the configuration without opening sockets.
+pub fn load(opts: &Options) -> Result<Snapshot, ServerError> {
+    let bootstrap = bootstrap::load(opts)?;
+    let snapshot = model::from_bootstrap(&bootstrap)?;
+    // Building listener runtimes checks TLS material exactly as serving will.
+    let scratch = crate::telemetry::stats::Store::default();
+    for l in &snapshot.listeners {
+        ListenerRuntime::build(l.clone(), &scratch)?;
+    }
+    for c in snapshot.clusters.values() {
+        if let Some(t) = &c.tls {
+            crate::tls::client_config(t).map_err(|e| {
+                ConfigError::new("cluster", &c.name, "transport_socket", e.to_string())
+            })?;
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Serves until shut down. Returns after draining completes.
+pub async fn run(opts: &Options) -> Result<(), ServerError> {
+    let snapshot = load(opts)?;
+    for note in &snapshot.notes {
+        tracing::warn!("{note}");
+    }
+    let state = ProxyState::new(opts.drain_time());
+    state.set_server_state(ServerState::Initializing);
+    let admin_addr = snapshot.admin_address;
+    let listeners: Vec<_> = snapshot.listeners.clone();
+    state.apply(snapshot).await;
+
+    if let Some(addr) = admin_addr {
+        let sock = listener::bind(addr).map_err(|source| ServerError::Bind {
+            what: "admin".into(),
+            addr,
+            source,
+        })?;
+        tracing::info!(%addr, "admin address");
+        tokio::spawn(crate::admin::serve(sock, state.clone()));
+    }
+    for l in listeners {
+        if !l.bind_to_port {
+            continue;
+        }
+        let runtime = ListenerRuntime::build(l.clone(), &state.stats)?;
+        let sock = listener::bind(l.address).map_err(|source| ServerError::Bind {
+            what: format!("listener '{}'", l.name),
+            addr: l.address,
+            source,
+        })?;
+        tracing::info!(name = %l.name, address = %l.address, "listener started");
+        tokio::spawn(listener::run(
+            sock,
+            Arc::new(ArcSwap::from_pointee(runtime)),
+            state.clone(),
+        ));
+    }
+    state.stats.gauge("listener_manager.workers_started").set(1);
+    state.set_server_state(ServerState::Live);
+    tracing::info!("all listeners started; server is live");
+
+    wait_for_signal(&state).await;
+    state.start_draining();
+    drain(&state).await;
+    Ok(())
+}
+
+async fn wait_for_signal(state: &ProxyState) {
+    let mut shutdown = state.shutdown_signal();
+    let mut drain = state.draining();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = shutdown.wait_for(|s| *s).await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = shutdown.wait_for(|s| *s) => tracing::info!("shutdown requested"),
+            // `/drain_listeners` keeps the process up (as Envoy); only a signal or quit ends it.
+            _ = async { let _ = drain.wait_for(|d| *d).await; std::future::pending::<()>().await } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shutdown.wait_for(|s| *s).await;
+    }
+}
+
+/// Waits for open downstream connections to finish, at most the drain time.
+async fn drain(state: &ProxyState) {
+    let deadline = tokio::time::Instant::now() + state.drain_time;
+    // Let in-flight responses carry `connection: close` / GOAWAY before checking.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while state.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    state.shutdown();
+}

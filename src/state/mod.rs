@@ -1,0 +1,114 @@
+//! Process-wide proxy state shared by the data path and the admin API: the current snapshot, the
+//! cluster manager, the stats store, and lifecycle flags (draining, health-check failing).
+//!
+//! Owns: the one `ArcSwap<Snapshot>` the rest of the proxy reads. Must not build config itself;
+//! `model` does, and the config sources (bootstrap, xDS) call [`ProxyState::apply`].
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::model::Snapshot;
+use crate::telemetry::stats::Store;
+use crate::upstream::ClusterManager;
+
+/// Envoy's `server.state`: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING, 3 INITIALIZING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    Live = 0,
+    Draining = 1,
+    PreInitializing = 2,
+    Initializing = 3,
+}
+
+#[derive(Debug)]
+pub struct ProxyState {
+    snapshot: ArcSwap<Snapshot>,
+    pub clusters: ClusterManager,
+    pub stats: Store,
+    /// Downstream connections open on every listener (for drain completion).
+    pub connections: Arc<crate::telemetry::stats::Gauge>,
+    server_state: AtomicU8,
+    healthcheck_failed: AtomicBool,
+    pub drain_time: Duration,
+    pub started: SystemTime,
+    /// Fires once when draining starts (SIGTERM, `/drain_listeners`, `/quitquitquit`).
+    drain_tx: tokio::sync::watch::Sender<bool>,
+    /// Fires once when the process should exit.
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl ProxyState {
+    pub fn new(drain_time: Duration) -> Arc<Self> {
+        Arc::new(ProxyState {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            clusters: ClusterManager::default(),
+            connections: Arc::default(),
+            stats: Store::default(),
+            server_state: AtomicU8::new(ServerState::Initializing as u8),
+            healthcheck_failed: AtomicBool::new(false),
+            drain_time,
+            started: SystemTime::now(),
+            drain_tx: tokio::sync::watch::channel(false).0,
+            shutdown_tx: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` current: clusters first (so routes never point at a cluster that is not
+    /// there yet), then the snapshot itself.
+    pub async fn apply(&self, snapshot: Snapshot) {
+        self.clusters.apply(&snapshot.clusters, &self.stats).await;
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn server_state(&self) -> ServerState {
+        match self.server_state.load(Ordering::Relaxed) {
+            0 => ServerState::Live,
+            1 => ServerState::Draining,
+            2 => ServerState::PreInitializing,
+            _ => ServerState::Initializing,
+        }
+    }
+
+    pub fn set_server_state(&self, s: ServerState) {
+        self.server_state.store(s as u8, Ordering::Relaxed);
+        self.stats.gauge("server.state").set(s as i64);
+    }
+
+    pub fn healthcheck_failed(&self) -> bool {
+        self.healthcheck_failed.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthcheck_failed(&self, failed: bool) {
+        self.healthcheck_failed.store(failed, Ordering::Relaxed);
+    }
+
+    pub fn start_draining(&self) {
+        self.set_server_state(ServerState::Draining);
+        self.drain_tx.send_replace(true);
+    }
+
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain_tx.borrow()
+    }
+
+    pub fn shutdown(&self) {
+        self.drain_tx.send_replace(true);
+        self.shutdown_tx.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+}

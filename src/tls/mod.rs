@@ -1,0 +1,256 @@
+//! rustls configurations from validated TLS contexts, peer SAN verification, and ClientHello
+//! inspection (SNI, ALPN) for filter-chain matching.
+//!
+//! Owns: building `rustls` server and client configs and checking peer identities. Must not fetch
+//! certificates (that is `identity`'s job) or read config files.
+
+pub mod client_hello;
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::model::tls::{
+    CommonTls, DownstreamTls, SanMatcher, SanType, TlsVersion, UpstreamTls, Validation,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("Failed to load certificate chain: {0}")]
+    Certificate(String),
+    #[error("Failed to load private key: {0}")]
+    PrivateKey(String),
+    #[error("Failed to load trusted CA certificates: {0}")]
+    TrustedCa(String),
+    #[error("TLS context: {0}")]
+    Config(String),
+    #[error("certificates from SDS secret '{0}' are not available (SDS is not implemented yet)")]
+    SdsUnavailable(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn versions(c: &CommonTls) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let min = c.min_version.unwrap_or(TlsVersion::Tls12);
+    let max = c.max_version.unwrap_or(TlsVersion::Tls13);
+    let mut v = Vec::new();
+    if min <= TlsVersion::Tls12 && max >= TlsVersion::Tls12 {
+        v.push(&rustls::version::TLS12);
+    }
+    if max >= TlsVersion::Tls13 {
+        v.push(&rustls::version::TLS13);
+    }
+    if v.is_empty() {
+        // TLS 1.0/1.1 only: rustls does not implement them; use 1.2, the closest safe version.
+        v.push(&rustls::version::TLS12);
+    }
+    v
+}
+
+fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::PrivateKey(e.to_string()))
+}
+
+fn roots(v: &Validation) -> Result<Option<RootCertStore>, TlsError> {
+    let Some(ca) = &v.trusted_ca else {
+        return Ok(None);
+    };
+    let mut store = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca) {
+        let c = c.map_err(|e| TlsError::TrustedCa(e.to_string()))?;
+        store
+            .add(c)
+            .map_err(|e| TlsError::TrustedCa(e.to_string()))?;
+    }
+    if store.is_empty() {
+        return Err(TlsError::TrustedCa("no PEM certificate found".into()));
+    }
+    Ok(Some(store))
+}
+
+/// A server config for a filter chain's `DownstreamTlsContext`.
+pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let c = &t.common;
+    if let Some(name) = c.certificate_sds.first() {
+        if c.certificates.is_empty() {
+            return Err(TlsError::SdsUnavailable(name.clone()));
+        }
+    }
+    let ck = c
+        .certificates
+        .first()
+        .ok_or_else(|| TlsError::Config("No TLS certificates found for server context".into()))?;
+    let chain = certs(&ck.certificate_chain)?;
+    let key = key(&ck.private_key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(c))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let roots = c.validation.as_ref().map(roots).transpose()?.flatten();
+    let builder = match roots {
+        Some(store) => {
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider());
+            let v = if t.require_client_certificate {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+        }
+        None if t.require_client_certificate => {
+            return Err(TlsError::Config(
+                "require_client_certificate needs a validation context with trusted_ca".into(),
+            ))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// A client config for a cluster's `UpstreamTlsContext`.
+pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let c = &t.common;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(c))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let roots = c.validation.as_ref().map(roots).transpose()?.flatten();
+    let builder = match roots {
+        Some(store) => builder.with_root_certificates(store),
+        // Envoy without a validation context does not verify the server at all.
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
+    };
+    let mut cfg = match c.certificates.first() {
+        Some(ck) => builder
+            .with_client_auth_cert(certs(&ck.certificate_chain)?, key(&ck.private_key)?)
+            .map_err(|e| TlsError::PrivateKey(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// The SNI to send: the configured one, else the IP/host the connection is for is not sent
+/// (Envoy sends no SNI unless configured or `auto_host_sni`).
+pub fn server_name(t: &UpstreamTls, host: Option<&str>) -> ServerName<'static> {
+    let name = t.sni.clone().or_else(|| {
+        if t.auto_host_sni {
+            host.map(str::to_string)
+        } else {
+            None
+        }
+    });
+    name.and_then(|n| ServerName::try_from(n).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
+}
+
+/// Envoy's SAN check: with no matchers any verified peer passes; otherwise one SAN must match.
+pub fn verify_san(cert_der: &[u8], matchers: &[SanMatcher]) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    use x509_parser::extensions::GeneralName;
+    matchers.iter().any(|m| {
+        san.value.general_names.iter().any(|g| {
+            let (kind_ok, value) = match g {
+                GeneralName::DNSName(d) => (
+                    matches!(m.san_type, SanType::Dns | SanType::Any),
+                    d.to_string(),
+                ),
+                GeneralName::URI(u) => (
+                    matches!(m.san_type, SanType::Uri | SanType::Any),
+                    u.to_string(),
+                ),
+                GeneralName::RFC822Name(e) => (
+                    matches!(m.san_type, SanType::Email | SanType::Any),
+                    e.to_string(),
+                ),
+                GeneralName::IPAddress(ip) => (
+                    matches!(m.san_type, SanType::IpAddress | SanType::Any),
+                    match ip.len() {
+                        4 => std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string(),
+                        16 => <[u8; 16]>::try_from(*ip)
+                            .map(|b| std::net::Ipv6Addr::from(b).to_string())
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    },
+                ),
+                _ => (false, String::new()),
+            };
+            kind_ok && m.matcher.matches(&value)
+        })
+    })
+}
+
+/// Envoy's behaviour for an upstream TLS context without a validation context: encrypt, but do
+/// not authenticate the server.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

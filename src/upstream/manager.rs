@@ -1,0 +1,369 @@
+//! The cluster manager: runtime state per cluster (hosts, balancer, pooled client, circuit
+//! breakers, stats), kept across snapshot swaps when a cluster's config is unchanged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+use super::connector::{ConnStats, Connector};
+use super::lb::{Balancer, LbContext};
+use crate::model::cluster::{Cluster, Discovery, EndpointAddress, UpstreamProtocol};
+use crate::telemetry::stats::{Counter, Gauge, Store};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<Connector, UpstreamBody>;
+
+#[derive(Debug)]
+pub struct Host {
+    pub address: SocketAddr,
+    pub weight: u32,
+    active: AtomicU32,
+}
+
+impl Host {
+    pub fn new(address: SocketAddr, weight: u32) -> Self {
+        Host {
+            address,
+            weight,
+            active: AtomicU32::new(0),
+        }
+    }
+    pub fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Counts a request against this host until the guard drops (least-request LB).
+    pub fn start_request(self: &Arc<Self>) -> HostRequestGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        HostRequestGuard(self.clone())
+    }
+}
+
+pub struct HostRequestGuard(Arc<Host>);
+
+impl Drop for HostRequestGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Healthy hosts per priority, each with its balancer.
+#[derive(Debug, Default)]
+pub struct HostSet {
+    levels: Vec<(Vec<Arc<Host>>, Balancer)>,
+    pub total: usize,
+}
+
+impl HostSet {
+    fn build(cluster: &Cluster, resolved: &HashMap<EndpointAddress, Vec<SocketAddr>>) -> Self {
+        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
+        let mut total = 0;
+        for locality in &cluster.load_assignment.localities {
+            for ep in &locality.endpoints {
+                let addrs: Vec<SocketAddr> = match &ep.address {
+                    EndpointAddress::Socket(a) => vec![*a],
+                    dns @ EndpointAddress::Dns { .. } => {
+                        let all = resolved.get(dns).cloned().unwrap_or_default();
+                        if cluster.discovery == Discovery::LogicalDns {
+                            all.into_iter().take(1).collect()
+                        } else {
+                            all
+                        }
+                    }
+                    EndpointAddress::Pipe(_) => vec![],
+                };
+                for a in addrs {
+                    total += 1;
+                    if ep.healthy {
+                        by_priority
+                            .entry(locality.priority)
+                            .or_default()
+                            .push(Arc::new(Host::new(a, ep.weight)));
+                    }
+                }
+            }
+        }
+        let levels = by_priority
+            .into_values()
+            .filter(|hosts| !hosts.is_empty())
+            .map(|hosts| {
+                let b = Balancer::build(&cluster.lb_policy, &hosts);
+                (hosts, b)
+            })
+            .collect();
+        HostSet { levels, total }
+    }
+
+    /// The first priority with healthy hosts serves (Envoy spills over only when a level is empty
+    /// of healthy hosts at the default overprovisioning; partial health is not modelled).
+    pub fn choose(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        let (hosts, balancer) = self.levels.first()?;
+        balancer.choose(hosts, ctx)
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.levels.iter().map(|(h, _)| h.len()).sum()
+    }
+
+    pub fn all_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.levels.iter().flat_map(|(h, _)| h.iter())
+    }
+}
+
+/// Envoy's `cluster.<name>.*` stats.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub rq_total: Arc<Counter>,
+    pub rq_completed: Arc<Counter>,
+    pub rq_xx: [Arc<Counter>; 5],
+    pub rq_active: Arc<Gauge>,
+    pub rq_pending_active: Arc<Gauge>,
+    pub rq_pending_overflow: Arc<Counter>,
+    pub rq_timeout: Arc<Counter>,
+    pub rq_per_try_timeout: Arc<Counter>,
+    pub rq_retry: Arc<Counter>,
+    pub rq_retry_success: Arc<Counter>,
+    pub rq_retry_overflow: Arc<Counter>,
+    pub rq_retry_limit_exceeded: Arc<Counter>,
+    pub cx_none_healthy: Arc<Counter>,
+    pub membership_healthy: Arc<Gauge>,
+    pub membership_total: Arc<Gauge>,
+    pub conn: ConnStats,
+}
+
+impl ClusterStats {
+    fn new(store: &Store, name: &str) -> Self {
+        let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
+        let g = |s: &str| store.gauge(&format!("cluster.{name}.{s}"));
+        ClusterStats {
+            rq_total: c("upstream_rq_total"),
+            rq_completed: c("upstream_rq_completed"),
+            rq_xx: [
+                c("upstream_rq_1xx"),
+                c("upstream_rq_2xx"),
+                c("upstream_rq_3xx"),
+                c("upstream_rq_4xx"),
+                c("upstream_rq_5xx"),
+            ],
+            rq_active: g("upstream_rq_active"),
+            rq_pending_active: g("upstream_rq_pending_active"),
+            rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            rq_timeout: c("upstream_rq_timeout"),
+            rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            rq_retry: c("upstream_rq_retry"),
+            rq_retry_success: c("upstream_rq_retry_success"),
+            rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            cx_none_healthy: c("upstream_cx_none_healthy"),
+            membership_healthy: g("membership_healthy"),
+            membership_total: g("membership_total"),
+            conn: ConnStats {
+                cx_total: c("upstream_cx_total"),
+                cx_active: g("upstream_cx_active"),
+                cx_connect_fail: c("upstream_cx_connect_fail"),
+                cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            },
+        }
+    }
+
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = self.rq_xx.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+        self.rq_completed.inc();
+    }
+}
+
+/// Runtime state of one cluster.
+pub struct ClusterState {
+    pub config: Arc<Cluster>,
+    hosts: Arc<ArcSwap<HostSet>>,
+    pub h1: HttpClient,
+    pub h2: HttpClient,
+    pub connector: Connector,
+    pub stats: ClusterStats,
+    /// Circuit breakers: concurrent requests (waiting here is "pending").
+    pub request_slots: Arc<Semaphore>,
+    pub pending: AtomicU32,
+    pub active_retries: AtomicU32,
+    dns_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterState")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+impl Drop for ClusterState {
+    fn drop(&mut self) {
+        if let Some(t) = &self.dns_task {
+            t.abort();
+        }
+    }
+}
+
+impl ClusterState {
+    /// Builds the state; DNS clusters resolve once before returning (Envoy warms a cluster on its
+    /// first resolution) and then keep refreshing in the background.
+    pub async fn new(config: Arc<Cluster>, store: &Store) -> Arc<Self> {
+        let stats = ClusterStats::new(store, &config.name);
+        let connector = Connector {
+            connect_timeout: config.connect_timeout,
+            stats: stats.conn.clone(),
+        };
+        let build_client = |h2: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(config.idle_timeout)
+                .pool_max_idle_per_host(usize::MAX)
+                .http2_only(h2);
+            b.build(connector.clone())
+        };
+        let h1 = build_client(false);
+        let h2 = build_client(true);
+        let dns_names: Vec<EndpointAddress> = config
+            .load_assignment
+            .localities
+            .iter()
+            .flat_map(|l| l.endpoints.iter())
+            .filter(|e| matches!(e.address, EndpointAddress::Dns { .. }))
+            .map(|e| e.address.clone())
+            .collect();
+        let resolved = resolve_all(&dns_names).await;
+        let hosts = Arc::new(ArcSwap::from_pointee(HostSet::build(&config, &resolved)));
+        let slots = match config.protocol {
+            UpstreamProtocol::Http1 => config
+                .circuit_breakers
+                .max_requests
+                .min(config.circuit_breakers.max_connections),
+            _ => config.circuit_breakers.max_requests,
+        };
+        stats.membership_total.set(hosts.load().total as i64);
+        stats
+            .membership_healthy
+            .set(hosts.load().healthy_count() as i64);
+        let dns_task = (!dns_names.is_empty()).then(|| {
+            let hosts = hosts.clone();
+            let config = config.clone();
+            let healthy = stats.membership_healthy.clone();
+            let total = stats.membership_total.clone();
+            tokio::spawn(async move {
+                let mut last = resolved;
+                loop {
+                    tokio::time::sleep(config.dns_refresh_rate).await;
+                    let now = resolve_all(&dns_names).await;
+                    if now != last {
+                        let set = HostSet::build(&config, &now);
+                        healthy.set(set.healthy_count() as i64);
+                        total.set(set.total as i64);
+                        hosts.store(Arc::new(set));
+                        last = now;
+                    }
+                }
+            })
+        });
+        Arc::new(ClusterState {
+            config,
+            hosts,
+            h1,
+            h2,
+            connector,
+            stats,
+            request_slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
+            pending: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
+            dns_task,
+        })
+    }
+
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    pub fn choose_host(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        self.hosts.load().choose(ctx)
+    }
+
+    /// The pooled client for a request arriving over `downstream_h2`.
+    pub fn client(&self, downstream_h2: bool) -> &HttpClient {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => &self.h1,
+            UpstreamProtocol::Http2 => &self.h2,
+            UpstreamProtocol::UseDownstream if downstream_h2 => &self.h2,
+            UpstreamProtocol::UseDownstream => &self.h1,
+        }
+    }
+
+    pub fn uses_h2(&self, downstream_h2: bool) -> bool {
+        matches!(self.config.protocol, UpstreamProtocol::Http2)
+            || (self.config.protocol == UpstreamProtocol::UseDownstream && downstream_h2)
+    }
+}
+
+async fn resolve_all(names: &[EndpointAddress]) -> HashMap<EndpointAddress, Vec<SocketAddr>> {
+    let mut out = HashMap::new();
+    for n in names {
+        if let EndpointAddress::Dns { host, port } = n {
+            let addrs = match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((host.as_str(), *port)),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(host = %host, error = %e, "DNS resolution failed");
+                    vec![]
+                }
+                Err(_) => {
+                    tracing::warn!(host = %host, "DNS resolution timed out");
+                    vec![]
+                }
+            };
+            out.insert(n.clone(), addrs);
+        }
+    }
+    out
+}
+
+/// All clusters, swapped whole when config changes.
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: ArcSwap<HashMap<String, Arc<ClusterState>>>,
+}
+
+impl ClusterManager {
+    pub fn get(&self, name: &str) -> Option<Arc<ClusterState>> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Arc<HashMap<String, Arc<ClusterState>>> {
+        self.clusters.load_full()
+    }
+
+    /// Applies a new cluster set: unchanged clusters keep their state (pools, LB cursors).
+    pub async fn apply(&self, clusters: &HashMap<String, Arc<Cluster>>, store: &Store) {
+        let current = self.clusters.load_full();
+        let mut next = HashMap::with_capacity(clusters.len());
+        for (name, cfg) in clusters {
+            let keep = current.get(name).filter(|s| s.config.proto == cfg.proto);
+            let state = match keep {
+                Some(s) => s.clone(),
+                None => ClusterState::new(cfg.clone(), store).await,
+            };
+            next.insert(name.clone(), state);
+        }
+        self.clusters.store(Arc::new(next));
+    }
+}
