@@ -8,17 +8,11 @@ use remora::bootstrap::cli::{Mode, Options};
 fn main() -> ExitCode {
     let opts = Options::parse();
     if opts.version {
-        println!(
-            "remora version: {}/Clean/RELEASE/rustls",
-            env!("CARGO_PKG_VERSION")
-        );
+        println!("remora version: {}/Clean/RELEASE/rustls", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     init_logging(&opts);
-    let config_name = opts
-        .config_path
-        .clone()
-        .unwrap_or_else(|| "--config-yaml".into());
+    let config_name = opts.config_path.clone().unwrap_or_else(|| "--config-yaml".into());
     match opts.mode {
         Mode::Validate => match remora::server::load(&opts) {
             Ok(snapshot) => {
@@ -62,9 +56,7 @@ fn main() -> ExitCode {
 /// per requested (or available) core.
 fn build_runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if concurrency == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if concurrency > 1 {
@@ -82,11 +74,7 @@ fn init_logging(opts: &Options) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if let Some(path) = &opts.log_path {
-        if let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             builder.with_writer(std::sync::Mutex::new(file)).init();
             return;
         }

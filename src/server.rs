@@ -20,11 +20,7 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot bind {what} to {addr}: {source}")]
-    Bind {
-        what: String,
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { what: String, addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Loads and fully validates the configuration without opening sockets.
@@ -38,9 +34,8 @@ pub fn load(opts: &Options) -> Result<Snapshot, ServerError> {
     }
     for c in snapshot.clusters.values() {
         if let Some(t) = &c.tls {
-            crate::tls::client_config(t).map_err(|e| {
-                ConfigError::new("cluster", &c.name, "transport_socket", e.to_string())
-            })?;
+            crate::tls::client_config(t)
+                .map_err(|e| ConfigError::new("cluster", &c.name, "transport_socket", e.to_string()))?;
         }
     }
     Ok(snapshot)
@@ -59,11 +54,7 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
     state.apply(snapshot).await;
 
     if let Some(addr) = admin_addr {
-        let sock = listener::bind(addr).map_err(|source| ServerError::Bind {
-            what: "admin".into(),
-            addr,
-            source,
-        })?;
+        let sock = listener::bind(addr).map_err(|source| ServerError::Bind { what: "admin".into(), addr, source })?;
         tracing::info!(%addr, "admin address");
         tokio::spawn(crate::admin::serve(sock, state.clone()));
     }
@@ -78,11 +69,7 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
             source,
         })?;
         tracing::info!(name = %l.name, address = %l.address, "listener started");
-        tokio::spawn(listener::run(
-            sock,
-            Arc::new(ArcSwap::from_pointee(runtime)),
-            state.clone(),
-        ));
+        tokio::spawn(listener::run(sock, Arc::new(ArcSwap::from_pointee(runtime)), state.clone()));
     }
     state.stats.gauge("listener_manager.workers_started").set(1);
     state.set_server_state(ServerState::Live);
@@ -100,10 +87,7 @@ async fn wait_for_signal(state: &ProxyState) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             let _ = shutdown.wait_for(|s| *s).await;
             return;
         };

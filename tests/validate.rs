@@ -74,10 +74,7 @@ enum Verdict {
 const CONFORMANCE: &[(&str, Verdict)] = &[
     ("aigw-data-plane-extproc-retries-outlier.yaml", Verdict::Ok),
     ("envoy-configs-envoy-demo.yaml", Verdict::Ok),
-    (
-        "envoy-configs-otel-http-tracing-accesslog.yaml",
-        Verdict::Ok,
-    ),
+    ("envoy-configs-otel-http-tracing-accesslog.yaml", Verdict::Ok),
     ("envoy-docs-access-log-json-format.yaml", Verdict::Ok),
     // needs certs/servercert.pem + certs/serverkey.pem
     ("envoy-docs-best-practices-edge.yaml", Verdict::Ok),
@@ -87,32 +84,20 @@ const CONFORMANCE: &[(&str, Verdict)] = &[
     ("envoy-docs-load-balancing-policy-random.yaml", Verdict::Ok),
     ("envoy-docs-local-rate-limit-descriptors.yaml", Verdict::Ok),
     // needs certs/{cacert,servercert,serverkey,clientcert,clientkey}.pem
-    (
-        "envoy-docs-quickstart-demo-tls-client-auth.yaml",
-        Verdict::Ok,
-    ),
+    ("envoy-docs-quickstart-demo-tls-client-auth.yaml", Verdict::Ok),
     // needs certs/servercert.pem + certs/serverkey.pem
     ("envoy-docs-quickstart-demo-tls.yaml", Verdict::Ok),
-    (
-        "envoy-docs-quickstart-dynamic-control-plane-ads.yaml",
-        Verdict::Ok,
-    ),
+    ("envoy-docs-quickstart-dynamic-control-plane-ads.yaml", Verdict::Ok),
     // "paths must refer to an existing path in the system: '/var/lib/envoy/cds.yaml' does not exist"
     (
         "envoy-docs-quickstart-dynamic-filesystem.yaml",
         Verdict::MissingAbsolutePaths(&["/var/lib/envoy/cds.yaml", "/var/lib/envoy/lds.yaml"]),
     ),
     // "Didn't find a registered implementation for 'envoy.filters.http.router' with type URL: ''"
-    (
-        "envoy-docs-quickstart-envoy-demo.yaml",
-        Verdict::Reject("envoy.filters.http.router"),
-    ),
+    ("envoy-docs-quickstart-envoy-demo.yaml", Verdict::Reject("envoy.filters.http.router")),
     ("envoy-docs-rbac-cel-condition.yaml", Verdict::Ok),
     // needs certs/servercert.pem + certs/serverkey.pem
-    (
-        "envoy-docs-sds-grpc-source.yaml",
-        Verdict::OkThenEnvoyCrashes,
-    ),
+    ("envoy-docs-sds-grpc-source.yaml", Verdict::OkThenEnvoyCrashes),
     ("examples-cors-backend.yaml", Verdict::Ok),
     // needs certs/{servercert,serverkey,cacert}.pem
     ("examples-double-proxy-backend-mtls.yaml", Verdict::Ok),
@@ -126,10 +111,7 @@ const CONFORMANCE: &[(&str, Verdict)] = &[
     ),
     ("examples-ext-authz-http.yaml", Verdict::Ok),
     // "unable to add filesystem watch for file /srv/runtime/current: No such file or directory"
-    (
-        "examples-fault-injection.yaml",
-        Verdict::MissingAbsolutePaths(&["/srv/runtime/current"]),
-    ),
+    ("examples-fault-injection.yaml", Verdict::MissingAbsolutePaths(&["/srv/runtime/current"])),
     ("examples-front-proxy-tls.yaml", Verdict::Ok),
     ("examples-gzip-compressor.yaml", Verdict::Ok),
     ("examples-local-ratelimit.yaml", Verdict::Ok),
@@ -174,31 +156,13 @@ const CONFORMANCE: &[(&str, Verdict)] = &[
 fn corpus_is_well_formed() {
     let valid = valid_files();
     let invalid = invalid_files();
-    assert!(
-        valid.len() >= MIN_VALID,
-        "need at least {MIN_VALID} valid configs, found {}",
-        valid.len()
-    );
-    assert!(
-        invalid.len() >= MIN_INVALID,
-        "need at least {MIN_INVALID} invalid configs, found {}",
-        invalid.len()
-    );
-    assert!(
-        valid.iter().any(|f| f.rel.ends_with(".json")),
-        "no JSON bootstrap in valid/"
-    );
-    assert!(
-        invalid.iter().any(|f| f.rel.ends_with(".json")),
-        "no JSON bootstrap in invalid/"
-    );
+    assert!(valid.len() >= MIN_VALID, "need at least {MIN_VALID} valid configs, found {}", valid.len());
+    assert!(invalid.len() >= MIN_INVALID, "need at least {MIN_INVALID} invalid configs, found {}", invalid.len());
+    assert!(valid.iter().any(|f| f.rel.ends_with(".json")), "no JSON bootstrap in valid/");
+    assert!(invalid.iter().any(|f| f.rel.ends_with(".json")), "no JSON bootstrap in invalid/");
     let mut with_expectations = 0;
     for f in &invalid {
-        assert!(
-            f.envoy_message.is_some(),
-            "{}: no `{ENVOY_PREFIX}...` line recording Envoy's error",
-            f.rel
-        );
+        assert!(f.envoy_message.is_some(), "{}: no `{ENVOY_PREFIX}...` line recording Envoy's error", f.rel);
         for e in &f.expects {
             assert!(!e.is_empty(), "{}: empty expect-error-contains", f.rel);
         }
@@ -219,14 +183,8 @@ fn corpus_is_well_formed() {
             .collect();
         on_disk.sort();
         let in_table: Vec<&str> = CONFORMANCE.iter().map(|(n, _)| *n).collect();
-        let missing: Vec<&String> = on_disk
-            .iter()
-            .filter(|n| !in_table.contains(&n.as_str()))
-            .collect();
-        let stale: Vec<&&str> = in_table
-            .iter()
-            .filter(|n| !on_disk.iter().any(|d| d == *n))
-            .collect();
+        let missing: Vec<&String> = on_disk.iter().filter(|n| !in_table.contains(&n.as_str())).collect();
+        let stale: Vec<&&str> = in_table.iter().filter(|n| !on_disk.iter().any(|d| d == *n)).collect();
         assert!(
             missing.is_empty() && stale.is_empty() && in_table.len() == on_disk.len(),
             "CONFORMANCE table and {} disagree: not in the table: {missing:?}; not on disk: {stale:?}",
@@ -270,10 +228,7 @@ fn envoy_rejects_invalid_corpus() {
             )
         })
     });
-    report(
-        failures,
-        "Envoy did not reject files in tests/validate/invalid",
-    );
+    report(failures, "Envoy did not reject files in tests/validate/invalid");
 }
 
 /// Envoy's verdicts on ../shared/conformance/envoy match the CONFORMANCE table.
@@ -302,13 +257,7 @@ fn envoy_agrees_with_conformance_table() {
                 out.code == Some(1) && out.text.contains("error initializing configuration")
             }
         };
-        (!agrees).then(|| {
-            format!(
-                "{name}: table says {verdict:?}, Envoy: {}\n{}",
-                out.describe(),
-                out.tail()
-            )
-        })
+        (!agrees).then(|| format!("{name}: table says {verdict:?}, Envoy: {}\n{}", out.describe(), out.tail()))
     });
     report(failures, "Envoy disagrees with the CONFORMANCE table");
 }
@@ -319,28 +268,20 @@ fn envoy_agrees_with_conformance_table() {
 
 /// Remora accepts every file in valid/ and prints `configuration '<FILE>' OK`.
 #[test]
-#[ignore = "remora validate mode in progress"]
 fn remora_accepts_valid_corpus() {
     let remora = remora_bin();
     let files = valid_files();
     let failures = par_map(&files, |f| {
         let out = run_validate(&remora, &f.rel, &corpus_dir(), &[]);
         let ok_line = format!("configuration '{}' OK", f.rel);
-        (!(out.code == Some(0) && out.text.contains(&ok_line))).then(|| {
-            format!(
-                "{}: expected exit 0 and `{ok_line}`, got {}\n{}",
-                f.rel,
-                out.describe(),
-                out.tail()
-            )
-        })
+        (!(out.code == Some(0) && out.text.contains(&ok_line)))
+            .then(|| format!("{}: expected exit 0 and `{ok_line}`, got {}\n{}", f.rel, out.describe(), out.tail()))
     });
     report(failures, "Remora rejected configs that Envoy accepts");
 }
 
 /// Remora rejects every file in invalid/ (exit 1) and names what is wrong.
 #[test]
-#[ignore = "remora validate mode in progress"]
 fn remora_rejects_invalid_corpus() {
     let remora = remora_bin();
     let files = invalid_files();
@@ -366,15 +307,11 @@ fn remora_rejects_invalid_corpus() {
             )
         })
     });
-    report(
-        failures,
-        "Remora did not reject invalid configs as expected",
-    );
+    report(failures, "Remora did not reject invalid configs as expected");
 }
 
 /// Remora accepts every conformance file Envoy accepts, and rejects the ones Envoy rejects.
 #[test]
-#[ignore = "remora validate mode in progress"]
 fn remora_agrees_with_conformance_corpus() {
     let Some(dir) = conformance_dir_or_skip("remora_agrees_with_conformance_corpus") else {
         return;
@@ -389,29 +326,22 @@ fn remora_agrees_with_conformance_corpus() {
         let ok_line = format!("configuration '{config}' OK");
         let haystack = normalize(&strip_path(&out.text, config));
         let problem = match verdict {
-            Verdict::Ok | Verdict::OkThenEnvoyCrashes => (!(out.code == Some(0)
-                && out.text.contains(&ok_line)))
-            .then(|| format!("Envoy accepts it; expected exit 0 and `{ok_line}`")),
+            Verdict::Ok | Verdict::OkThenEnvoyCrashes => (!(out.code == Some(0) && out.text.contains(&ok_line)))
+                .then(|| format!("Envoy accepts it; expected exit 0 and `{ok_line}`")),
             Verdict::Reject(needle) => {
                 if out.code != Some(1) {
                     Some("Envoy rejects it; expected exit 1".to_string())
                 } else if !haystack.contains(&normalize(needle)) {
-                    Some(format!(
-                        "rejected, but the output does not mention `{needle}`"
-                    ))
+                    Some(format!("rejected, but the output does not mention `{needle}`"))
                 } else {
                     None
                 }
             }
             Verdict::MissingAbsolutePaths(paths) => {
                 if out.code != Some(1) {
-                    Some(format!(
-                        "Envoy rejects it because {paths:?} do not exist; expected exit 1"
-                    ))
+                    Some(format!("Envoy rejects it because {paths:?} do not exist; expected exit 1"))
                 } else if !paths.iter().any(|p| out.text.contains(p)) {
-                    Some(format!(
-                        "rejected, but the output names none of the missing paths {paths:?}"
-                    ))
+                    Some(format!("rejected, but the output names none of the missing paths {paths:?}"))
                 } else {
                     None
                 }
@@ -419,10 +349,7 @@ fn remora_agrees_with_conformance_corpus() {
         };
         problem.map(|p| format!("{name}: {p}; got {}\n{}", out.describe(), out.tail()))
     });
-    report(
-        failures,
-        "Remora disagrees with Envoy on the conformance corpus",
-    );
+    report(failures, "Remora disagrees with Envoy on the conformance corpus");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,11 +391,8 @@ fn corpus_files(sub: &str) -> Vec<CorpusFile> {
         .into_iter()
         .map(|name| {
             let path = dir.join(&name);
-            let header_source = if name.ends_with(".json") {
-                path.with_file_name(format!("{name}.meta"))
-            } else {
-                path.clone()
-            };
+            let header_source =
+                if name.ends_with(".json") { path.with_file_name(format!("{name}.meta")) } else { path.clone() };
             let header = fs::read_to_string(&header_source).unwrap_or_default();
             let comments = header.lines().take_while(|l| l.starts_with('#'));
             let mut expects = Vec::new();
@@ -480,11 +404,7 @@ fn corpus_files(sub: &str) -> Vec<CorpusFile> {
                     envoy_message = Some(line.trim_start_matches('#').trim().to_string());
                 }
             }
-            CorpusFile {
-                rel: format!("{sub}/{name}"),
-                expects,
-                envoy_message,
-            }
+            CorpusFile { rel: format!("{sub}/{name}"), expects, envoy_message }
         })
         .collect()
 }
@@ -527,8 +447,7 @@ fn conformance_entries() -> Vec<(&'static str, Verdict)> {
 /// configs refer to: `certs/*.pem` (a self-signed CA and leaf certificates/keys it signed).
 fn conformance_workdir() -> TempDir {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
 
     let dir = TempDir::new("conformance");
@@ -538,14 +457,9 @@ fn conformance_workdir() -> TempDir {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Remora conformance test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.distinguished_name.push(DnType::CommonName, "Remora conformance test CA");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     fs::write(certs.join("cacert.pem"), ca_cert.pem()).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -561,10 +475,7 @@ fn conformance_workdir() -> TempDir {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![dns.to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, dns);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &issuer).unwrap();
         fs::write(certs.join(cert_file), cert.pem()).unwrap();
         fs::write(certs.join(key_file), key.serialize_pem()).unwrap();
@@ -574,10 +485,7 @@ fn conformance_workdir() -> TempDir {
 
 /// Lowercase and drop `_`, so `connect_timeout`, `connectTimeout` and `ConnectTimeout` compare equal.
 fn normalize(s: &str) -> String {
-    s.chars()
-        .filter(|c| *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect()
+    s.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect()
 }
 
 /// Remove the config path (and its file name) from the output before looking for expected words.
@@ -601,11 +509,7 @@ fn remora_bin() -> PathBuf {
 fn find_envoy() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not name a file",
-            bin.display()
-        );
+        assert!(bin.is_file(), "ENVOY_BIN={} does not name a file", bin.display());
         return Some(bin);
     }
     let venv = manifest_dir().join(".venv/bin/envoy");
@@ -613,9 +517,7 @@ fn find_envoy() -> Option<PathBuf> {
         return Some(venv);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("envoy"))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("envoy")).find(|candidate| candidate.is_file())
 }
 
 fn envoy_or_skip(test: &str) -> Option<PathBuf> {
@@ -698,9 +600,7 @@ fn run_validate(bin: &Path, config: &str, cwd: &Path, extra: &[&str]) -> Outcome
             Some(status) => break Some(status),
             None if Instant::now() >= deadline => {
                 // Kill the whole process group (the child may have started helpers).
-                let _ = Command::new("kill")
-                    .args(["-KILL", &format!("-{}", child.id())])
-                    .status();
+                let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -710,11 +610,7 @@ fn run_validate(bin: &Path, config: &str, cwd: &Path, extra: &[&str]) -> Outcome
     };
     let mut text = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     text.push_str(&String::from_utf8_lossy(&err_reader.join().unwrap()));
-    Outcome {
-        code: status.and_then(|s| s.code()),
-        status,
-        text,
-    }
+    Outcome { code: status.and_then(|s| s.code()), status, text }
 }
 
 /// Map `f` over `items` on `PARALLELISM` threads; returns the `Some` results in input order.
@@ -751,14 +647,9 @@ impl TempDir {
     fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "remora-validate-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("remora-validate-{tag}-{}-{n}-{nanos}", std::process::id()));
         fs::create_dir_all(&path).unwrap();
         TempDir(path)
     }

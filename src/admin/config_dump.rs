@@ -9,10 +9,7 @@ use crate::bootstrap::decode;
 use crate::state::ProxyState;
 
 fn any<M: Message + Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
+    Any { type_url: M::type_url(), value: m.encode_to_vec() }
 }
 
 pub fn render(state: &ProxyState, resource: Option<&str>) -> Result<serde_json::Value, String> {
@@ -41,9 +38,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>) -> Result<serde_json::
             .collect(),
         ..Default::default()
     };
-    let dump = admin::ConfigDump {
-        configs: vec![any(&clusters), any(&listeners)],
-    };
+    let dump = admin::ConfigDump { configs: vec![any(&clusters), any(&listeners)] };
     let mut json = decode::to_json(&dump).map_err(|e| e.to_string())?;
     if let Some(kind) = resource {
         // `?resource=static_clusters` and friends: flatten into {"configs": [...]} of that field.

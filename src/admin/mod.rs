@@ -43,17 +43,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
     }
 }
 
-fn text(
-    status: StatusCode,
-    body: impl Into<Bytes>,
-    content_type: &'static str,
-) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 
@@ -66,16 +59,9 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let post_only = matches!(
-        path,
-        "/quitquitquit" | "/drain_listeners" | "/healthcheck/fail" | "/healthcheck/ok"
-    );
+    let post_only = matches!(path, "/quitquitquit" | "/drain_listeners" | "/healthcheck/fail" | "/healthcheck/ok");
     if post_only && req.method() != Method::POST {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "This endpoint requires POST\n",
-            "text/plain",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n", "text/plain");
     }
     match path {
         "/ready" => {

@@ -36,12 +36,7 @@ pub enum IpVersion {
 
 /// The command line Envoy accepts, as Remora implements it.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "remora",
-    version,
-    about = "Envoy-compatible service-mesh sidecar proxy",
-    disable_version_flag = true
-)]
+#[command(name = "remora", version, about = "Envoy-compatible service-mesh sidecar proxy", disable_version_flag = true)]
 pub struct Options {
     /// Path to the v3 bootstrap (YAML or JSON).
     #[arg(short = 'c', long = "config-path")]
@@ -98,11 +93,7 @@ pub struct Options {
     #[arg(long = "disable-hot-restart", default_value_t = false)]
     pub disable_hot_restart: bool,
     /// Ignore unknown fields in the bootstrap instead of rejecting it.
-    #[arg(
-        long = "allow-unknown-static-fields",
-        alias = "allow-unknown-fields",
-        default_value_t = false
-    )]
+    #[arg(long = "allow-unknown-static-fields", alias = "allow-unknown-fields", default_value_t = false)]
     pub allow_unknown_static_fields: bool,
     /// Reject xDS resources with unknown fields (default: ignore them, as Envoy does).
     #[arg(long = "reject-unknown-dynamic-fields", default_value_t = false)]
@@ -142,8 +133,7 @@ impl Options {
             for pair in components.split(',') {
                 if let Some((component, level)) = pair.split_once(':') {
                     if let Some(module) = component_module(component.trim()) {
-                        directives
-                            .push(format!("remora::{module}={}", tracing_level(level.trim())));
+                        directives.push(format!("remora::{module}={}", tracing_level(level.trim())));
                     }
                 }
             }

@@ -11,9 +11,7 @@ use std::sync::OnceLock;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
-};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::Value;
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/api_descriptor.bin"));
@@ -49,9 +47,7 @@ pub fn pool() -> &'static DescriptorPool {
 
 /// The descriptor of a fully-qualified message name.
 pub fn descriptor(full_name: &str) -> Result<MessageDescriptor, DecodeError> {
-    pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))
+    pool().get_message_by_name(full_name).ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))
 }
 
 /// The message name part of a type URL (`type.googleapis.com/x.y.Z` → `x.y.Z`).
@@ -60,10 +56,7 @@ pub fn type_name(type_url: &str) -> &str {
 }
 
 /// Decodes proto3 JSON into the message type `T`.
-pub fn from_json<T: Message + prost::Name + Default>(
-    value: &Value,
-    opts: DecodeOptions,
-) -> Result<T, DecodeError> {
+pub fn from_json<T: Message + prost::Name + Default>(value: &Value, opts: DecodeOptions) -> Result<T, DecodeError> {
     let dynamic = json_to_dynamic(&descriptor(&T::full_name())?, value, opts)?;
     decode_as(&dynamic.encode_to_vec())
 }
@@ -74,43 +67,29 @@ pub fn json_to_dynamic(
     value: &Value,
     opts: DecodeOptions,
 ) -> Result<DynamicMessage, DecodeError> {
+    let mut value = value.clone();
+    super::normalize::normalize(desc, &mut value);
     let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     let options = DeserializeOptions::new().deny_unknown_fields(!opts.allow_unknown_fields);
-    DynamicMessage::deserialize_with_options(desc.clone(), de, &options).map_err(|e| {
-        DecodeError::Field {
-            path: render_path(&track.path().to_string()),
-            reason: e.to_string(),
-        }
-    })
+    DynamicMessage::deserialize_with_options(desc.clone(), de, &options)
+        .map_err(|e| DecodeError::Field { path: render_path(&track.path().to_string()), reason: e.to_string() })
 }
 
 /// The proto3 JSON of a message, as Envoy's admin `/config_dump` prints it (proto field names,
 /// inline `@type`, enum names).
 pub fn to_json<T: Message + prost::Name>(msg: &T) -> Result<Value, DecodeError> {
     let desc = descriptor(&T::full_name())?;
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).map_err(|e| {
-        DecodeError::Wire {
-            type_name: T::full_name(),
-            reason: e.to_string(),
-        }
-    })?;
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(true);
+    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .map_err(|e| DecodeError::Wire { type_name: T::full_name(), reason: e.to_string() })?;
+    let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| DecodeError::Wire {
-            type_name: T::full_name(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| DecodeError::Wire { type_name: T::full_name(), reason: e.to_string() })
 }
 
 /// Unpacks an `Any` as `T`, accepting `T` itself or a `TypedStruct` whose `type_url` names `T`.
-pub fn unpack<T: Message + prost::Name + Default>(
-    any: &Any,
-    opts: DecodeOptions,
-) -> Result<T, DecodeError> {
+pub fn unpack<T: Message + prost::Name + Default>(any: &Any, opts: DecodeOptions) -> Result<T, DecodeError> {
     let wanted = T::full_name();
     let name = type_name(&any.type_url);
     if name == wanted {
@@ -145,36 +124,18 @@ pub fn effective_type_name(any: &Any) -> Result<String, DecodeError> {
 /// The `type_url` and the `value` (as JSON) of an encoded TypedStruct.
 fn typed_struct_payload(struct_type: &str, bytes: &[u8]) -> Result<(String, Value), DecodeError> {
     let desc = descriptor(struct_type)?;
-    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| DecodeError::Wire {
-        type_name: struct_type.into(),
-        reason: e.to_string(),
-    })?;
+    let dynamic = DynamicMessage::decode(desc, bytes)
+        .map_err(|e| DecodeError::Wire { type_name: struct_type.into(), reason: e.to_string() })?;
     let json = dynamic
-        .serialize_with_options(
-            serde_json::value::Serializer,
-            &SerializeOptions::new().use_proto_field_name(true),
-        )
-        .map_err(|e| DecodeError::Wire {
-            type_name: struct_type.into(),
-            reason: e.to_string(),
-        })?;
-    let url = json
-        .get("type_url")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let value = json
-        .get("value")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Default::default()));
+        .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new().use_proto_field_name(true))
+        .map_err(|e| DecodeError::Wire { type_name: struct_type.into(), reason: e.to_string() })?;
+    let url = json.get("type_url").and_then(Value::as_str).unwrap_or_default().to_string();
+    let value = json.get("value").cloned().unwrap_or_else(|| Value::Object(Default::default()));
     Ok((url, value))
 }
 
 fn decode_as<T: Message + prost::Name + Default>(bytes: &[u8]) -> Result<T, DecodeError> {
-    T::decode(bytes).map_err(|e| DecodeError::Wire {
-        type_name: T::full_name(),
-        reason: e.to_string(),
-    })
+    T::decode(bytes).map_err(|e| DecodeError::Wire { type_name: T::full_name(), reason: e.to_string() })
 }
 
 /// serde_path_to_error prints `a.b[0].c`; an empty path means the document root.
@@ -195,21 +156,16 @@ mod tests {
     #[test]
     fn unknown_field_names_its_path() {
         let v = json!({"static_resources": {"listeners": [{"name": "l", "bogus_field": 1}]}});
-        let err = from_json::<Bootstrap>(&v, DecodeOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = from_json::<Bootstrap>(&v, DecodeOptions::default()).unwrap_err().to_string();
         assert!(err.contains("static_resources.listeners[0]"), "{err}");
         assert!(err.contains("bogus_field"), "{err}");
     }
 
     #[test]
     fn camel_case_and_durations() {
-        let v =
-            json!({"staticResources": {"clusters": [{"name": "c", "connectTimeout": "0.25s"}]}});
+        let v = json!({"staticResources": {"clusters": [{"name": "c", "connectTimeout": "0.25s"}]}});
         let b: Bootstrap = from_json(&v, DecodeOptions::default()).unwrap();
-        let ct = b.static_resources.unwrap().clusters[0]
-            .connect_timeout
-            .unwrap();
+        let ct = b.static_resources.unwrap().clusters[0].connect_timeout.unwrap();
         assert_eq!((ct.seconds, ct.nanos), (0, 250_000_000));
     }
 }

@@ -35,15 +35,8 @@ pub fn to_json(text: &str) -> Result<Value, YamlError> {
 }
 
 enum Frame {
-    Seq {
-        items: Vec<Value>,
-        anchor: usize,
-    },
-    Map {
-        map: Map<String, Value>,
-        key: Option<String>,
-        anchor: usize,
-    },
+    Seq { items: Vec<Value>, anchor: usize },
+    Map { map: Map<String, Value>, key: Option<String>, anchor: usize },
 }
 
 #[derive(Default)]
@@ -99,19 +92,14 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 // Envoy reads mapping keys as their literal text (`as<std::string>()`), never as
                 // booleans or numbers: `y:` is the key "y".
-                if let Some(Frame::Map {
-                    key: key @ None, ..
-                }) = self.stack.last_mut()
-                {
+                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
                     if anchor > 0 {
                         self.anchors.insert(anchor, Value::String(text.clone()));
                     }
                     *key = Some(text);
                     return;
                 }
-                let explicit_string = tag
-                    .as_ref()
-                    .is_some_and(|t| t.suffix == "str" || t.handle == "!");
+                let explicit_string = tag.as_ref().is_some_and(|t| t.suffix == "str" || t.handle == "!");
                 let value = if style != TScalarStyle::Plain || explicit_string {
                     Value::String(text)
                 } else {
@@ -120,10 +108,7 @@ impl MarkedEventReceiver for Builder {
                 self.remember(anchor, &value);
                 self.push_value(value, line);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                items: Vec::new(),
-                anchor,
-            }),
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { items: Vec::new(), anchor }),
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { items, anchor }) = self.stack.pop() {
                     let v = Value::Array(items);
@@ -131,11 +116,7 @@ impl MarkedEventReceiver for Builder {
                     self.push_value(v, line);
                 }
             }
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                map: Map::new(),
-                key: None,
-                anchor,
-            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map { map: Map::new(), key: None, anchor }),
             Event::MappingEnd => {
                 if let Some(Frame::Map { map, anchor, .. }) = self.stack.pop() {
                     let v = Value::Object(map);
@@ -145,18 +126,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(v) => self.push_value(v, line),
-                None => {
-                    self.error = Some(YamlError::Structure {
-                        line,
-                        reason: "alias to an unknown anchor".into(),
-                    })
-                }
+                None => self.error = Some(YamlError::Structure { line, reason: "alias to an unknown anchor".into() }),
             },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
 }
@@ -165,9 +137,7 @@ impl MarkedEventReceiver for Builder {
 fn plain_scalar(text: String) -> Value {
     match text.as_str() {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "y" | "Y" | "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
-            return Value::Bool(true)
-        }
+        "y" | "Y" | "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => return Value::Bool(true),
         "n" | "N" | "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
             return Value::Bool(false)
         }
@@ -200,10 +170,7 @@ fn parse_int(text: &str) -> Option<i64> {
     }
     let magnitude = if let Some(hex) = digits.strip_prefix("0x") {
         i64::from_str_radix(hex, 16).ok()?
-    } else if digits.len() > 1
-        && digits.starts_with('0')
-        && digits.bytes().all(|b| b.is_ascii_digit())
-    {
+    } else if digits.len() > 1 && digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()) {
         i64::from_str_radix(&digits[1..], 8).ok()?
     } else if digits.bytes().all(|b| b.is_ascii_digit()) {
         match digits.parse::<i64>() {
@@ -220,11 +187,8 @@ fn parse_int(text: &str) -> Option<i64> {
 fn looks_like_float(text: &str) -> bool {
     let t = text.trim_start_matches(['+', '-']);
     !t.is_empty()
-        && t.bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && t.bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && t.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
 }
 
 #[cfg(test)]
@@ -234,10 +198,9 @@ mod tests {
 
     #[test]
     fn envoy_scalar_rules() {
-        let v = to_json(
-            "a: yes\nb: 'yes'\nc: On\nd: 42\ne: 4294967296\nf: 0.25s\ng: 1.5\nh: \"7\"\ni: ~\nj: 127.0.0.1\n",
-        )
-        .unwrap();
+        let v =
+            to_json("a: yes\nb: 'yes'\nc: On\nd: 42\ne: 4294967296\nf: 0.25s\ng: 1.5\nh: \"7\"\ni: ~\nj: 127.0.0.1\n")
+                .unwrap();
         assert_eq!(
             v,
             json!({"a": true, "b": "yes", "c": true, "d": 42, "e": "4294967296", "f": "0.25s", "g": 1.5,

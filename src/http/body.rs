@@ -9,9 +9,7 @@ pub use crate::upstream::manager::{BoxError, UpstreamBody};
 pub type ResponseBody = UpstreamBody;
 
 pub fn full(data: impl Into<Bytes>) -> ResponseBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 pub fn empty() -> ResponseBody {

@@ -86,12 +86,8 @@ impl HcmRuntime {
 }
 
 /// Serves HTTP on `io` until the peer closes, the connection idles out, or draining finishes.
-pub async fn serve_connection<I>(
-    io: I,
-    hcm: Arc<HcmRuntime>,
-    conn: Arc<ConnInfo>,
-    state: Arc<ProxyState>,
-) where
+pub async fn serve_connection<I>(io: I, hcm: Arc<HcmRuntime>, conn: Arc<ConnInfo>, state: Arc<ProxyState>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &hcm.config;
@@ -101,9 +97,7 @@ pub async fn serve_connection<I>(
     let header_limit = (cfg.max_request_headers_kb as usize) * 1024;
     {
         let mut h1 = builder.http1();
-        h1.timer(TokioTimer::new())
-            .max_buf_size(header_limit.max(8192))
-            .max_headers(cfg.max_headers_count as usize);
+        h1.timer(TokioTimer::new()).max_buf_size(header_limit.max(8192)).max_headers(cfg.max_headers_count as usize);
         if let Some(t) = cfg.request_headers_timeout {
             h1.header_read_timeout(t);
         }
@@ -125,11 +119,7 @@ pub async fn serve_connection<I>(
         let state = svc_state.clone();
         let hcm = svc_hcm.clone();
         let conn = conn.clone();
-        async move {
-            Ok::<Response<ResponseBody>, Infallible>(
-                super::hcm::handle(req, hcm, conn, state).await,
-            )
-        }
+        async move { Ok::<Response<ResponseBody>, Infallible>(super::hcm::handle(req, hcm, conn, state).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);

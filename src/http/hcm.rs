@@ -188,9 +188,7 @@ async fn route_and_forward(
     let mut host = meta.host.as_str();
     if cfg.strip_any_host_port
         || (cfg.strip_matching_host_port
-            && host
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p == meta.conn.local.port().to_string()))
+            && host.rsplit_once(':').is_some_and(|(_, p)| p == meta.conn.local.port().to_string()))
     {
         host = crate::model::route::strip_port(host);
     }
@@ -203,6 +201,10 @@ async fn route_and_forward(
         path,
         query,
         headers: req.headers(),
+        method: req.method().as_str(),
+        authority: host,
+        scheme: meta.scheme(),
+        path_and_query: req.uri().path_and_query().map_or(path, |pq| pq.as_str()),
     };
     let random = rand::rng().random_range(0..1_000_000);
     let Some(route) = vh.find_route(&view, random) else {
@@ -215,16 +217,13 @@ async fn route_and_forward(
             let mut resp = match &d.body {
                 Some(b) if !b.is_empty() => {
                     let mut r = Response::new(full(b.clone()));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    r.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
                     r
                 }
                 _ => {
                     let mut r = Response::new(empty());
-                    r.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
                     r
                 }
             };
@@ -239,19 +238,7 @@ async fn route_and_forward(
             resp
         }
         RouteAction::Forward(action) => {
-            router::forward(
-                req,
-                router::Selected {
-                    route,
-                    action,
-                    vh,
-                    table: &table,
-                },
-                hcm,
-                meta,
-                state,
-            )
-            .await
+            router::forward(req, router::Selected { route, action, vh, table: &table }, hcm, meta, state).await
         }
     }
 }
@@ -299,11 +286,7 @@ fn request_host<B>(req: &Request<B>) -> String {
     if let Some(a) = req.uri().authority() {
         return a.as_str().to_string();
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string()
 }
 
 pub fn split_path<B>(req: &Request<B>) -> (&str, Option<&str>) {
@@ -326,10 +309,7 @@ fn mutate_request_headers(req: &mut Request<Incoming>, hcm: &HcmRuntime, meta: &
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.get(header::TE) {
-        if !te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        }) {
+        if !te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))) {
             headers.remove(header::TE);
         } else {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -340,20 +320,14 @@ fn mutate_request_headers(req: &mut Request<Incoming>, hcm: &HcmRuntime, meta: &
         if !cfg.skip_xff_append {
             append_xff(headers, remote_ip);
         }
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(meta.scheme()),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(meta.scheme()));
         if is_internal(remote_ip) {
             headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
         } else {
             headers.remove(&X_ENVOY_INTERNAL);
         }
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(meta.scheme()),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(meta.scheme()));
     }
     if let Some(via) = &cfg.via {
         if let Ok(v) = HeaderValue::from_str(via) {
@@ -361,8 +335,7 @@ fn mutate_request_headers(req: &mut Request<Incoming>, hcm: &HcmRuntime, meta: &
         }
     }
     let edge = cfg.use_remote_address && !is_internal(remote_ip);
-    let needs_id =
-        !headers.contains_key(&X_REQUEST_ID) || (edge && !cfg.preserve_external_request_id);
+    let needs_id = !headers.contains_key(&X_REQUEST_ID) || (edge && !cfg.preserve_external_request_id);
     if cfg.generate_request_id && needs_id {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
@@ -398,23 +371,13 @@ fn is_internal(ip: IpAddr) -> bool {
 }
 
 pub fn is_websocket_upgrade(h: &HeaderMap) -> bool {
-    h.get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         && h.get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-fn redirect<B>(
-    r: &RedirectAction,
-    route: &Route,
-    req: &Request<B>,
-    meta: &RequestMeta,
-) -> Response<ResponseBody> {
+fn redirect<B>(r: &RedirectAction, route: &Route, req: &Request<B>, meta: &RequestMeta) -> Response<ResponseBody> {
     let orig_scheme = req
         .headers()
         .get(&X_FORWARDED_PROTO)
@@ -446,15 +409,12 @@ fn redirect<B>(
         }
         (None, None, p) => p.clone(),
     };
-    let port =
-        port.filter(|p| !((scheme == "https" && p == "443") || (scheme == "http" && p == "80")));
+    let port = port.filter(|p| !((scheme == "https" && p == "443") || (scheme == "http" && p == "80")));
     let (path, query) = split_path(req);
     let new_path = match &r.path {
         RedirectPath::Keep => path.to_string(),
         RedirectPath::Replace(p) => p.clone(),
-        RedirectPath::PrefixRewrite(prefix) => {
-            rewrite_prefix(path, route.matcher.rewrite_prefix(), prefix)
-        }
+        RedirectPath::PrefixRewrite(prefix) => rewrite_prefix(path, route.matcher.rewrite_prefix(), prefix),
         RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
     };
     let mut location = format!("{scheme}://{host}");
@@ -478,8 +438,7 @@ fn redirect<B>(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     resp
 }
 

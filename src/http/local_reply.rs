@@ -44,33 +44,20 @@ pub fn reply(status: StatusCode, body: &str, grpc: bool) -> Response<ResponseBod
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::OK;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(grpc_status(status)));
-        let message = if body.is_empty() {
-            status.canonical_reason().unwrap_or("")
-        } else {
-            body
-        };
+        let message = if body.is_empty() { status.canonical_reason().unwrap_or("") } else { body };
         if let Ok(v) = HeaderValue::from_str(&percent_encode_grpc(message)) {
             h.insert("grpc-message", v);
         }
         return resp;
     }
-    let mut resp = if body.is_empty() {
-        Response::new(empty())
-    } else {
-        Response::new(full(body.to_string()))
-    };
+    let mut resp = if body.is_empty() { Response::new(empty()) } else { Response::new(full(body.to_string())) };
     *resp.status_mut() = status;
     if !body.is_empty() {
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 
@@ -106,6 +93,6 @@ pub fn connect_failure_body(detail: &str) -> String {
     format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {detail}")
 }
 
-pub const OVERFLOW_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-pub const RESET_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+pub const OVERFLOW_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+pub const RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";

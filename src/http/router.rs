@@ -18,20 +18,16 @@ use rand::Rng;
 
 use super::body::{boxed, BoxError, ResponseBody};
 use super::conn::HcmRuntime;
-use super::hcm::{
-    apply_response_mutations, is_websocket_upgrade, rewrite_prefix, HeaderFormat, RequestMeta,
-};
+use super::hcm::{apply_response_mutations, is_websocket_upgrade, rewrite_prefix, HeaderFormat, RequestMeta};
 use super::local_reply;
 use crate::model::route::{
-    ClusterTarget, ForwardAction, HostRewrite, RetryPolicy, Route, RouteTable, VirtualHost,
-    WeightedCluster,
+    ClusterTarget, ForwardAction, HostRewrite, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
 };
 use crate::state::ProxyState;
 use crate::upstream::lb::LbContext;
 use crate::upstream::manager::{ClusterState, HostRequestGuard};
 
-static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
-    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
@@ -89,10 +85,11 @@ pub async fn forward(
         }
         return super::router_upgrade::tunnel(req, &cluster, meta).await;
     }
-    let suppress =
-        hcm.config.filters.iter().any(
-            |f| matches!(f, crate::model::hcm::HttpFilter::Router(r) if r.suppress_envoy_headers),
-        );
+    let suppress = hcm
+        .config
+        .filters
+        .iter()
+        .any(|f| matches!(f, crate::model::hcm::HttpFilter::Router(r) if r.suppress_envoy_headers));
     let (mut parts, body) = req.into_parts();
     let original_headers = parts.headers.clone();
     rewrite_request(&mut parts, &sel, weighted, action, meta, &cluster_name);
@@ -106,37 +103,20 @@ pub async fn forward(
     };
     if !suppress {
         if let Some(t) = expected {
-            parts.headers.insert(
-                X_ENVOY_EXPECTED_TIMEOUT.clone(),
-                HeaderValue::from(t.as_millis() as u64),
-            );
+            parts.headers.insert(X_ENVOY_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
     }
 
     // A retried request must be resent, so its body is buffered (bounded); otherwise it streams.
-    let has_body = !matches!(
-        parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()),
-        Some("0")
-    ) && !(parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+    let has_body = !matches!(parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()), Some("0"))
+        && !(parts.method == http::Method::GET || parts.method == http::Method::HEAD)
         || parts.headers.contains_key(header::CONTENT_LENGTH)
-            && parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
+            && parts.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     let mut streaming: Option<Incoming> = None;
     let replay: Option<Bytes> = if retry.is_some() && has_body {
         match Limited::new(body, RETRY_BUFFER_LIMIT).collect().await {
             Ok(c) => Some(c.to_bytes()),
-            Err(_) => {
-                return local_reply::reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Payload Too Large",
-                    meta.grpc,
-                )
-            }
+            Err(_) => return local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", meta.grpc),
         }
     } else if has_body {
         streaming = Some(body);
@@ -156,11 +136,7 @@ pub async fn forward(
     let mut retries_taken = 0u32;
     loop {
         attempt += 1;
-        let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) {
-            &tried
-        } else {
-            &[]
-        };
+        let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) { &tried } else { &[] };
         let Some(host) = cluster.choose_host(&LbContext { hash, avoid }) else {
             cluster.stats.cx_none_healthy.inc();
             return finish_local(
@@ -189,19 +165,14 @@ pub async fn forward(
                         &original_headers,
                         weighted,
                     );
-                    r.headers_mut()
-                        .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+                    r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
                     return r;
                 }
-                let _pending_gauge =
-                    crate::telemetry::stats::GaugeGuard::new(&cluster.stats.rq_pending_active);
+                let _pending_gauge = crate::telemetry::stats::GaugeGuard::new(&cluster.stats.rq_pending_active);
                 let acquired = match deadline {
-                    Some(d) => tokio::time::timeout_at(
-                        d.into(),
-                        cluster.request_slots.clone().acquire_owned(),
-                    )
-                    .await
-                    .ok(),
+                    Some(d) => {
+                        tokio::time::timeout_at(d.into(), cluster.request_slots.clone().acquire_owned()).await.ok()
+                    }
                     None => Some(cluster.request_slots.clone().acquire_owned().await),
                 };
                 cluster.pending.fetch_sub(1, Ordering::Relaxed);
@@ -229,15 +200,9 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(parts.clone(), body);
         *upstream_req.uri_mut() = upstream_uri(host.address, &parts.uri);
-        *upstream_req.version_mut() = if use_h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
+        *upstream_req.version_mut() = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         if sel.vh.include_request_attempt_count {
-            upstream_req
-                .headers_mut()
-                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+            upstream_req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
         cluster.stats.rq_total.inc();
         let rq_active = crate::telemetry::stats::GaugeGuard::new(&cluster.stats.rq_active);
@@ -269,18 +234,13 @@ pub async fn forward(
             },
             None => send.await.map_err(classify),
         };
-        let can_retry = |retry: Option<&RetryPolicy>| {
-            retry.is_some() && attempt < max_attempts && replay.is_some()
-        };
+        let can_retry = |retry: Option<&RetryPolicy>| retry.is_some() && attempt < max_attempts && replay.is_some();
         match outcome {
             Ok(resp) => {
                 let status = resp.status();
                 cluster.stats.record_status(status.as_u16());
                 if let Some(r) = retry {
-                    if can_retry(retry)
-                        && should_retry_response(r, status, resp.headers())
-                        && take_retry(&cluster, r)
-                    {
+                    if can_retry(retry) && should_retry_response(r, status, resp.headers()) && take_retry(&cluster, r) {
                         retries_taken += 1;
                         drop(resp);
                         backoff(r, retries_taken).await;
@@ -294,30 +254,16 @@ pub async fn forward(
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 if !suppress {
-                    rparts.headers.insert(
-                        X_ENVOY_SERVICE_TIME.clone(),
-                        HeaderValue::from(service_time.as_millis() as u64),
-                    );
-                }
-                if sel.vh.include_attempt_count_in_response {
                     rparts
                         .headers
-                        .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+                        .insert(X_ENVOY_SERVICE_TIME.clone(), HeaderValue::from(service_time.as_millis() as u64));
                 }
-                let body = GuardedBody {
-                    inner: rbody,
-                    _guards: Some((permit, host_guard, rq_active)),
-                };
+                if sel.vh.include_attempt_count_in_response {
+                    rparts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+                }
+                let body = GuardedBody { inner: rbody, _guards: Some((permit, host_guard, rq_active)) };
                 let mut out = Response::from_parts(rparts, boxed(body));
-                apply_response_mutations(
-                    &mut out,
-                    &original_headers,
-                    meta,
-                    sel.route,
-                    sel.vh,
-                    sel.table,
-                    weighted,
-                );
+                apply_response_mutations(&mut out, &original_headers, meta, sel.route, sel.vh, sel.table, weighted);
                 return out;
             }
             Err(err) => {
@@ -389,15 +335,7 @@ fn finish_local(
     weighted: Option<&WeightedCluster>,
 ) -> Response<ResponseBody> {
     let mut r = local_reply::reply(status, body, meta.grpc);
-    apply_response_mutations(
-        &mut r,
-        req_headers,
-        meta,
-        sel.route,
-        sel.vh,
-        sel.table,
-        weighted,
-    );
+    apply_response_mutations(&mut r, req_headers, meta, sel.route, sel.vh, sel.table, weighted);
     r
 }
 
@@ -412,23 +350,12 @@ fn rewrite_request(
 ) {
     let (path, query) = split_path_uri(&parts.uri);
     let new_path = if let Some(prefix) = &action.prefix_rewrite {
-        Some(rewrite_prefix(
-            &path,
-            sel.route.matcher.rewrite_prefix(),
-            prefix,
-        ))
+        Some(rewrite_prefix(&path, sel.route.matcher.rewrite_prefix(), prefix))
     } else {
-        action
-            .regex_rewrite
-            .as_ref()
-            .map(|(re, sub)| re.replace_all(&path, sub.as_str()).into_owned())
+        action.regex_rewrite.as_ref().map(|(re, sub)| re.replace_all(&path, sub.as_str()).into_owned())
     };
     if let Some(p) = new_path {
-        let original = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .unwrap_or_else(|| path.clone());
+        let original = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| path.clone());
         let pq = match query {
             Some(q) => format!("{p}?{q}"),
             None => p,
@@ -440,17 +367,10 @@ fn rewrite_request(
             }
         }
     }
-    let new_host = match (
-        weighted.and_then(|w| w.host_rewrite.as_ref()),
-        &action.host_rewrite,
-    ) {
+    let new_host = match (weighted.and_then(|w| w.host_rewrite.as_ref()), &action.host_rewrite) {
         (Some(h), _) => Some(h.clone()),
         (None, HostRewrite::Literal(h)) => Some(h.clone()),
-        (None, HostRewrite::Header(name)) => parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        (None, HostRewrite::Header(name)) => parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
         (None, HostRewrite::Auto) | (None, HostRewrite::None) => None,
     };
     if let Some(h) = new_host {
@@ -490,11 +410,7 @@ fn rewrite_request(
 }
 
 fn split_path_uri(uri: &Uri) -> (String, Option<String>) {
-    let path = if uri.path().is_empty() {
-        "/"
-    } else {
-        uri.path()
-    };
+    let path = if uri.path().is_empty() { "/" } else { uri.path() };
     (path.to_string(), uri.query().map(str::to_string))
 }
 
@@ -510,9 +426,8 @@ fn upstream_uri(addr: SocketAddr, original: &Uri) -> Uri {
 
 fn classify(e: hyper_util::client::legacy::Error) -> AttemptError {
     if e.is_connect() {
-        let detail = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "connection failure".into());
+        let detail =
+            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| "connection failure".into());
         AttemptError::Connect(detail)
     } else {
         AttemptError::Reset
@@ -534,11 +449,7 @@ fn should_retry_response(r: &RetryPolicy, status: StatusCode, headers: &http::He
     if on.retriable_status_codes && r.retriable_status_codes.contains(&code) {
         return true;
     }
-    if let Some(g) = headers
-        .get(&GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-    {
+    if let Some(g) = headers.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()) {
         return (on.grpc_cancelled && g == 1)
             || (on.grpc_deadline_exceeded && g == 4)
             || (on.grpc_resource_exhausted && g == 8)
@@ -565,9 +476,7 @@ fn take_retry(cluster: &ClusterState, _r: &RetryPolicy) -> bool {
 
 /// Envoy's jittered exponential back-off: uniform in [0, min(base·2^(n-1), max)].
 async fn backoff(r: &RetryPolicy, n: u32) {
-    let exp = r
-        .base_interval
-        .saturating_mul(1u32 << (n.saturating_sub(1)).min(16));
+    let exp = r.base_interval.saturating_mul(1u32 << (n.saturating_sub(1)).min(16));
     let upper = exp.min(r.max_interval).as_millis().max(1) as u64;
     let wait = rand::rng().random_range(0..upper);
     tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -579,13 +488,10 @@ fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, meta: &RequestMet
     let mut combined: Option<u64> = None;
     for p in &action.hash_policy {
         let (h, terminal) = match p {
-            HashPolicy::Header { name, terminal } => {
-                (headers.get(name).map(|v| hash64(v.as_bytes())), *terminal)
+            HashPolicy::Header { name, terminal } => (headers.get(name).map(|v| hash64(v.as_bytes())), *terminal),
+            HashPolicy::SourceIp { terminal } => {
+                (Some(hash64(meta.conn.remote.ip().to_string().as_bytes())), *terminal)
             }
-            HashPolicy::SourceIp { terminal } => (
-                Some(hash64(meta.conn.remote.ip().to_string().as_bytes())),
-                *terminal,
-            ),
             HashPolicy::Cookie { name, terminal } => (
                 headers
                     .get_all(header::COOKIE)
@@ -598,10 +504,9 @@ fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, meta: &RequestMet
                     }),
                 *terminal,
             ),
-            HashPolicy::QueryParameter { name, terminal } => (
-                meta_query(headers, name).map(|v| hash64(v.as_bytes())),
-                *terminal,
-            ),
+            HashPolicy::QueryParameter { name, terminal } => {
+                (meta_query(headers, name).map(|v| hash64(v.as_bytes())), *terminal)
+            }
         };
         if let Some(h) = h {
             combined = Some(match combined {
@@ -621,11 +526,7 @@ fn meta_query(_headers: &http::HeaderMap, _name: &str) -> Option<String> {
 }
 
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
         h.remove(name);
     }
     h.remove("keep-alive");

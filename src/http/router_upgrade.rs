@@ -11,17 +11,9 @@ use super::local_reply;
 use crate::upstream::lb::LbContext;
 use crate::upstream::manager::ClusterState;
 
-pub async fn tunnel(
-    mut req: Request<Incoming>,
-    cluster: &ClusterState,
-    meta: &RequestMeta,
-) -> Response<ResponseBody> {
+pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &RequestMeta) -> Response<ResponseBody> {
     let Some(host) = cluster.choose_host(&LbContext::default()) else {
-        return local_reply::reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            local_reply::NO_HEALTHY_UPSTREAM,
-            meta.grpc,
-        );
+        return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::NO_HEALTHY_UPSTREAM, meta.grpc);
     };
     let stream = match cluster.connector.connect_tcp(host.address).await {
         Ok(s) => s,
@@ -33,16 +25,9 @@ pub async fn tunnel(
             )
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
         Ok(x) => x,
-        Err(_) => {
-            return local_reply::reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                local_reply::RESET_BODY,
-                meta.grpc,
-            )
-        }
+        Err(_) => return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::RESET_BODY, meta.grpc),
     };
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
@@ -51,20 +36,10 @@ pub async fn tunnel(
     let (parts, _body) = req.into_parts();
     let mut up = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
     *up.version_mut() = http::Version::HTTP_11;
-    *up.uri_mut() = up
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().parse().unwrap_or_default())
-        .unwrap_or_default();
+    *up.uri_mut() = up.uri().path_and_query().map(|pq| pq.as_str().parse().unwrap_or_default()).unwrap_or_default();
     let mut resp = match sender.send_request(up).await {
         Ok(r) => r,
-        Err(_) => {
-            return local_reply::reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                local_reply::RESET_BODY,
-                meta.grpc,
-            )
-        }
+        Err(_) => return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::RESET_BODY, meta.grpc),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = resp.into_parts();

@@ -24,41 +24,26 @@ type Score = Option<Option<u32>>;
 pub fn select<'a>(listener: &'a Listener, f: &ConnFacts<'_>) -> Option<&'a Arc<FilterChain>> {
     let mut candidates: Vec<&Arc<FilterChain>> = listener.filter_chains.iter().collect();
     let steps: [&dyn Fn(&FilterChainMatch) -> Score; 9] = [
-        &|m| {
-            m.destination_port
-                .map(|p| (p == f.destination.port()).then_some(1))
-        },
+        &|m| m.destination_port.map(|p| (p == f.destination.port()).then_some(1)),
         &|m| cidr_score(&m.prefix_ranges, f.destination),
         &|m| server_name_score(&m.server_names, f.sni),
+        &|m| m.transport_protocol.as_ref().map(|t| (t == f.transport_protocol).then_some(1)),
         &|m| {
-            m.transport_protocol
-                .as_ref()
-                .map(|t| (t == f.transport_protocol).then_some(1))
-        },
-        &|m| {
-            (!m.application_protocols.is_empty()).then(|| {
-                m.application_protocols
-                    .iter()
-                    .any(|p| f.alpn.contains(p))
-                    .then_some(1)
-            })
+            (!m.application_protocols.is_empty())
+                .then(|| m.application_protocols.iter().any(|p| f.alpn.contains(p)).then_some(1))
         },
         &|m| cidr_score(&m.direct_source_prefix_ranges, f.source),
         &|m| match m.source_type {
             SourceType::Any => None,
-            SourceType::SameIpOrLoopback => Some(
-                (f.source.ip().is_loopback() || f.source.ip() == f.destination.ip()).then_some(1),
-            ),
-            SourceType::External => Some(
-                (!(f.source.ip().is_loopback() || f.source.ip() == f.destination.ip()))
-                    .then_some(1),
-            ),
+            SourceType::SameIpOrLoopback => {
+                Some((f.source.ip().is_loopback() || f.source.ip() == f.destination.ip()).then_some(1))
+            }
+            SourceType::External => {
+                Some((!(f.source.ip().is_loopback() || f.source.ip() == f.destination.ip())).then_some(1))
+            }
         },
         &|m| cidr_score(&m.source_prefix_ranges, f.source),
-        &|m| {
-            (!m.source_ports.is_empty())
-                .then(|| m.source_ports.contains(&f.source.port()).then_some(1))
-        },
+        &|m| (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&f.source.port()).then_some(1)),
     ];
     for step in steps {
         candidates = narrow(candidates, step);
@@ -66,32 +51,18 @@ pub fn select<'a>(listener: &'a Listener, f: &ConnFacts<'_>) -> Option<&'a Arc<F
             return listener.default_filter_chain.as_ref();
         }
     }
-    candidates
-        .first()
-        .copied()
-        .or(listener.default_filter_chain.as_ref())
+    candidates.first().copied().or(listener.default_filter_chain.as_ref())
 }
 
 fn narrow<'a>(
     candidates: Vec<&'a Arc<FilterChain>>,
     score: &dyn Fn(&FilterChainMatch) -> Score,
 ) -> Vec<&'a Arc<FilterChain>> {
-    let scored: Vec<(Score, &Arc<FilterChain>)> = candidates
-        .into_iter()
-        .map(|c| (score(&c.matcher), c))
-        .collect();
+    let scored: Vec<(Score, &Arc<FilterChain>)> = candidates.into_iter().map(|c| (score(&c.matcher), c)).collect();
     let best = scored.iter().filter_map(|(s, _)| s.flatten()).max();
     match best {
-        Some(b) => scored
-            .into_iter()
-            .filter(|(s, _)| *s == Some(Some(b)))
-            .map(|(_, c)| c)
-            .collect(),
-        None => scored
-            .into_iter()
-            .filter(|(s, _)| s.is_none())
-            .map(|(_, c)| c)
-            .collect(),
+        Some(b) => scored.into_iter().filter(|(s, _)| *s == Some(Some(b))).map(|(_, c)| c).collect(),
+        None => scored.into_iter().filter(|(s, _)| s.is_none()).map(|(_, c)| c).collect(),
     }
 }
 
@@ -100,13 +71,7 @@ fn cidr_score(ranges: &[Cidr], addr: SocketAddr) -> Score {
         return None;
     }
     // Longer prefixes are more specific; +1 so a /0 match still beats "no match".
-    Some(
-        ranges
-            .iter()
-            .filter(|c| c.contains(addr.ip()))
-            .map(|c| u32::from(c.prefix_len) + 1)
-            .max(),
-    )
+    Some(ranges.iter().filter(|c| c.contains(addr.ip())).map(|c| u32::from(c.prefix_len) + 1).max())
 }
 
 fn server_name_score(names: &[String], sni: Option<&str>) -> Score {

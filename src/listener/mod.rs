@@ -54,31 +54,25 @@ impl ListenerRuntime {
     /// material errors are reported before serving.
     pub fn build(config: Arc<Listener>, store: &Store) -> Result<Self, ConfigError> {
         let chain = |fc: &Arc<FilterChain>, path: String| -> Result<ChainRuntime, ConfigError> {
-            let tls = match &fc.tls {
-                Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(t).map_err(
-                    |e| {
-                        ConfigError::new(
-                            "listener",
-                            &config.name,
-                            format!("{path}.transport_socket"),
-                            e.to_string(),
-                        )
-                    },
-                )?)),
+            let tls = match fc.tls.as_ref().map(|t| crate::tls::server_config(t)) {
+                Some(Ok(cfg)) => Some(TlsAcceptor::from(cfg)),
+                // The certificate arrives at run time; until then the chain refuses connections
+                // rather than serving them in plaintext.
+                Some(Err(crate::tls::TlsError::SdsUnavailable(name))) => {
+                    let reason = format!("waiting for SDS secret '{name}'");
+                    return Ok(ChainRuntime { config: fc.clone(), tls: None, terminal: Terminal::Closed(reason) });
+                }
+                Some(Err(e)) => {
+                    return Err(ConfigError::new("listener", &config.name, format!("{path}.transport_socket"), e.to_string()))
+                }
                 None => None,
             };
             let terminal = match &fc.terminal {
                 NetworkTerminal::Http(h) => Terminal::Http(HcmRuntime::new(h.clone(), store)),
-                NetworkTerminal::Tcp(t) => {
-                    Terminal::Tcp(Arc::new(TcpProxyRuntime::new(t.clone(), store)))
-                }
+                NetworkTerminal::Tcp(t) => Terminal::Tcp(Arc::new(TcpProxyRuntime::new(t.clone(), store))),
                 NetworkTerminal::Unsupported(name) => Terminal::Closed(name.clone()),
             };
-            Ok(ChainRuntime {
-                config: fc.clone(),
-                tls,
-                terminal,
-            })
+            Ok(ChainRuntime { config: fc.clone(), tls, terminal })
         };
         let chains = config
             .filter_chains
@@ -86,33 +80,22 @@ impl ListenerRuntime {
             .enumerate()
             .map(|(i, fc)| chain(fc, format!("filter_chains[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let default_chain = config
-            .default_filter_chain
-            .as_ref()
-            .map(|fc| chain(fc, "default_filter_chain".into()))
-            .transpose()?;
+        let default_chain =
+            config.default_filter_chain.as_ref().map(|fc| chain(fc, "default_filter_chain".into())).transpose()?;
         let scope = format!("listener.{}", config.address);
         let stats = ListenerStats {
             cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
             no_filter_chain_match: store.counter(&format!("{scope}.no_filter_chain_match")),
         };
-        Ok(ListenerRuntime {
-            config,
-            chains,
-            default_chain,
-            stats,
-        })
+        Ok(ListenerRuntime { config, chains, default_chain, stats })
     }
 }
 
 /// Binds a listener socket the way Envoy does (SO_REUSEADDR, a deep backlog).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(true);
@@ -125,11 +108,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until draining starts, then stops accepting; established connections finish on their
 /// own (or are cut when the process exits after the drain time).
-pub async fn run(
-    listener: TcpListener,
-    runtime: Arc<ArcSwap<ListenerRuntime>>,
-    state: Arc<ProxyState>,
-) {
+pub async fn run(listener: TcpListener, runtime: Arc<ArcSwap<ListenerRuntime>>, state: Arc<ProxyState>) {
     let mut drain = state.draining();
     loop {
         let accepted = tokio::select! {
@@ -151,12 +130,7 @@ pub async fn run(
     }
 }
 
-async fn handle_connection(
-    stream: TcpStream,
-    remote: SocketAddr,
-    rt: Arc<ListenerRuntime>,
-    state: Arc<ProxyState>,
-) {
+async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<ListenerRuntime>, state: Arc<ProxyState>) {
     rt.stats.cx_total.inc();
     let _active = GaugeGuard::new(&rt.stats.cx_active);
     let _open = GaugeGuard::new(&state.connections);
@@ -165,11 +139,7 @@ async fn handle_connection(
         Ok(a) => a,
         Err(_) => return,
     };
-    let destination = if rt.config.use_original_dst {
-        original_dst::get(&stream).unwrap_or(local)
-    } else {
-        local
-    };
+    let destination = if rt.config.use_original_dst { original_dst::get(&stream).unwrap_or(local) } else { local };
     let inspected = if rt.config.tls_inspector || rt.config.http_inspector {
         inspect(&stream, rt.config.listener_filters_timeout).await
     } else {
@@ -183,36 +153,21 @@ async fn handle_connection(
         alpn: &inspected.alpn,
     };
     let chain = filter_chain::select(&rt.config, &facts).and_then(|fc| {
-        rt.chains.iter().find(|c| Arc::ptr_eq(&c.config, fc)).or(rt
-            .default_chain
-            .as_ref()
-            .filter(|d| Arc::ptr_eq(&d.config, fc)))
+        rt.chains
+            .iter()
+            .find(|c| Arc::ptr_eq(&c.config, fc))
+            .or(rt.default_chain.as_ref().filter(|d| Arc::ptr_eq(&d.config, fc)))
     });
     let Some(chain) = chain else {
         rt.stats.no_filter_chain_match.inc();
         return;
     };
-    let conn = ConnInfo {
-        remote,
-        local: destination,
-        tls: chain.tls.is_some(),
-        sni: inspected.sni.clone(),
-    };
+    let conn = ConnInfo { remote, local: destination, tls: chain.tls.is_some(), sni: inspected.sni.clone() };
     match &chain.tls {
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls) => {
-                if let Some(v) = chain
-                    .config
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.common.validation.as_ref())
-                {
-                    let peer = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.to_vec());
+                if let Some(v) = chain.config.tls.as_ref().and_then(|t| t.common.validation.as_ref()) {
+                    let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
                     if let Some(peer) = peer {
                         if !crate::tls::verify_san(&peer, &v.san_matchers) {
                             state.stats.counter("ssl.fail_verify_san").inc();
@@ -237,9 +192,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match &chain.terminal {
-        Terminal::Http(hcm) => {
-            crate::http::serve_connection(io, hcm.clone(), Arc::new(conn), state).await
-        }
+        Terminal::Http(hcm) => crate::http::serve_connection(io, hcm.clone(), Arc::new(conn), state).await,
         Terminal::Tcp(t) => crate::tcp::proxy(io, t.clone(), &conn, state).await,
         Terminal::Closed(name) => {
             tracing::debug!(filter = %name, "closing connection: network filter not implemented")

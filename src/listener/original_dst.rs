@@ -13,19 +13,9 @@ pub fn get(stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let (level, opt) = if local.is_ipv4() {
-            (libc::SOL_IP, SO_ORIGINAL_DST)
-        } else {
-            (libc::SOL_IPV6, IP6T_SO_ORIGINAL_DST)
-        };
-        if libc::getsockopt(
-            fd,
-            level,
-            opt,
-            &mut storage as *mut _ as *mut libc::c_void,
-            &mut len,
-        ) != 0
-        {
+        let (level, opt) =
+            if local.is_ipv4() { (libc::SOL_IP, SO_ORIGINAL_DST) } else { (libc::SOL_IPV6, IP6T_SO_ORIGINAL_DST) };
+        if libc::getsockopt(fd, level, opt, &mut storage as *mut _ as *mut libc::c_void, &mut len) != 0 {
             return None;
         }
         match storage.ss_family as libc::c_int {

@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options, HttpProtocolOptions,
-};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
 
 use super::error::{ConfigError, FieldError, FieldResult};
 use super::tls::UpstreamTls;
@@ -63,17 +59,10 @@ pub enum DnsLookupFamily {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest {
-        choice_count: u32,
-    },
+    LeastRequest { choice_count: u32 },
     Random,
-    RingHash {
-        minimum_ring_size: u64,
-        maximum_ring_size: u64,
-    },
-    Maglev {
-        table_size: u64,
-    },
+    RingHash { minimum_ring_size: u64, maximum_ring_size: u64 },
+    Maglev { table_size: u64 },
     ClusterProvided,
 }
 
@@ -95,12 +84,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-        }
+        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
     }
 }
 
@@ -145,35 +129,30 @@ impl Cluster {
 
     fn build(c: &pb::Cluster, notes: &mut Notes) -> FieldResult<Self> {
         if c.name.is_empty() {
-            return Err(FieldError::new(
-                "name",
-                "value length must be at least 1 characters",
-            ));
+            return Err(FieldError::new("name", "value length must be at least 1 characters"));
         }
         let discovery = match &c.cluster_discovery_type {
             None => Discovery::Static,
-            Some(pb::cluster::ClusterDiscoveryType::Type(t)) => {
-                match pb::cluster::DiscoveryType::try_from(*t) {
-                    Ok(pb::cluster::DiscoveryType::Static) => Discovery::Static,
-                    Ok(pb::cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
-                    Ok(pb::cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
-                    Ok(pb::cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
-                    Ok(pb::cluster::DiscoveryType::Eds) => Discovery::Eds {
-                        service_name: c
-                            .eds_cluster_config
-                            .as_ref()
-                            .map(|e| e.service_name.clone())
-                            .filter(|s| !s.is_empty())
-                            .unwrap_or_else(|| c.name.clone()),
-                    },
-                    Err(_) => {
-                        return Err(FieldError::new(
-                            "type",
-                            format!("value must be one of the defined enum values, got {t}"),
-                        ))
-                    }
+            Some(pb::cluster::ClusterDiscoveryType::Type(t)) => match pb::cluster::DiscoveryType::try_from(*t) {
+                Ok(pb::cluster::DiscoveryType::Static) => Discovery::Static,
+                Ok(pb::cluster::DiscoveryType::StrictDns) => Discovery::StrictDns,
+                Ok(pb::cluster::DiscoveryType::LogicalDns) => Discovery::LogicalDns,
+                Ok(pb::cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
+                Ok(pb::cluster::DiscoveryType::Eds) => Discovery::Eds {
+                    service_name: c
+                        .eds_cluster_config
+                        .as_ref()
+                        .map(|e| e.service_name.clone())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| c.name.clone()),
+                },
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "type",
+                        format!("value must be one of the defined enum values, got {t}"),
+                    ))
                 }
-            }
+            },
             Some(pb::cluster::ClusterDiscoveryType::ClusterType(ct)) => {
                 notes.warn(format!(
                     "cluster '{}': cluster_type '{}' is not implemented; the cluster has no hosts",
@@ -184,10 +163,7 @@ impl Cluster {
         };
         let lb_policy = lb_policy(c, notes)?;
         if lb_policy == LbPolicy::ClusterProvided
-            && !matches!(
-                discovery,
-                Discovery::OriginalDst | Discovery::Unsupported(_)
-            )
+            && !matches!(discovery, Discovery::OriginalDst | Discovery::Unsupported(_))
         {
             return Err(FieldError::new(
                 "lb_policy",
@@ -201,10 +177,7 @@ impl Cluster {
             Some(d) => {
                 let d = duration(d).map_err(|e| e.within("connect_timeout"))?;
                 if d.is_zero() {
-                    return Err(FieldError::new(
-                        "connect_timeout",
-                        "value must be greater than 0s",
-                    ));
+                    return Err(FieldError::new("connect_timeout", "value must be greater than 0s"));
                 }
                 d
             }
@@ -215,30 +188,32 @@ impl Cluster {
             None => LoadAssignment::default(),
         };
         if discovery == Discovery::LogicalDns
-            && (load_assignment.localities.len() != 1
-                || load_assignment.localities[0].endpoints.len() != 1)
+            && (load_assignment.localities.len() != 1 || load_assignment.localities[0].endpoints.len() != 1)
         {
-            return Err(FieldError::new("load_assignment", "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"));
+            return Err(FieldError::new(
+                "load_assignment",
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+            ));
         }
         let (protocol, idle_timeout, max_requests_per_connection) = upstream_protocol(c)?;
         let circuit_breakers = thresholds(c.circuit_breakers.as_ref());
         let tls = match &c.transport_socket {
-            Some(ts) => super::tls::upstream_from_transport_socket(ts)
-                .map_err(|e| e.within("transport_socket"))?
-                .map(Arc::new),
+            Some(ts) => {
+                super::tls::upstream_from_transport_socket(ts).map_err(|e| e.within("transport_socket"))?.map(Arc::new)
+            }
             None => None,
         };
         if !c.transport_socket_matches.is_empty() {
             notes.warn(format!("cluster '{}': transport_socket_matches are not implemented yet; the cluster transport_socket is used for every endpoint", c.name));
         }
         if !c.health_checks.is_empty() {
-            notes.warn(format!("cluster '{}': active health checks are not implemented; endpoints are treated as healthy", c.name));
-        }
-        if c.outlier_detection.is_some() {
             notes.warn(format!(
-                "cluster '{}': outlier_detection is not implemented; no host is ejected",
+                "cluster '{}': active health checks are not implemented; endpoints are treated as healthy",
                 c.name
             ));
+        }
+        if c.outlier_detection.is_some() {
+            notes.warn(format!("cluster '{}': outlier_detection is not implemented; no host is ejected", c.name));
         }
         let dns_refresh_rate = c
             .dns_refresh_rate
@@ -287,97 +262,67 @@ fn lb_policy(c: &pb::Cluster, notes: &mut Notes) -> FieldResult<LbPolicy> {
             let Some(any) = tec.typed_config.as_ref() else {
                 continue;
             };
-            let path =
-                format!("load_balancing_policy.policies[{i}].typed_extension_config.typed_config");
-            let name = super::decode::effective_type_name(any)
-                .map_err(|e| FieldError::new(&path, e.to_string()))?;
+            let path = format!("load_balancing_policy.policies[{i}].typed_extension_config.typed_config");
+            let name = super::decode::effective_type_name(any).map_err(|e| FieldError::new(&path, e.to_string()))?;
             let policy = match name.as_str() {
-                "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
-                    LbPolicy::RoundRobin
-                }
+                "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => LbPolicy::RoundRobin,
                 "envoy.extensions.load_balancing_policies.random.v3.Random" => LbPolicy::Random,
                 "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
                     let lr: lbp::least_request::v3::LeastRequest =
                         unpack(any).map_err(|e| FieldError::new(&path, e))?;
-                    LbPolicy::LeastRequest {
-                        choice_count: lr.choice_count.map_or(2, |v| v.value),
-                    }
+                    LbPolicy::LeastRequest { choice_count: lr.choice_count.map_or(2, |v| v.value) }
                 }
                 "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
-                    let rh: lbp::ring_hash::v3::RingHash =
-                        unpack(any).map_err(|e| FieldError::new(&path, e))?;
-                    ring_hash(
-                        rh.minimum_ring_size.map(|v| v.value),
-                        rh.maximum_ring_size.map(|v| v.value),
-                    )
-                    .map_err(|e| e.within(&path))?
+                    let rh: lbp::ring_hash::v3::RingHash = unpack(any).map_err(|e| FieldError::new(&path, e))?;
+                    ring_hash(rh.minimum_ring_size.map(|v| v.value), rh.maximum_ring_size.map(|v| v.value))
+                        .map_err(|e| e.within(&path))?
                 }
                 "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
-                    let m: lbp::maglev::v3::Maglev =
-                        unpack(any).map_err(|e| FieldError::new(&path, e))?;
-                    LbPolicy::Maglev {
-                        table_size: m.table_size.map_or(65537, |v| v.value),
-                    }
+                    let m: lbp::maglev::v3::Maglev = unpack(any).map_err(|e| FieldError::new(&path, e))?;
+                    LbPolicy::Maglev { table_size: m.table_size.map_or(65537, |v| v.value) }
                 }
                 "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided" => {
                     LbPolicy::ClusterProvided
                 }
                 other => {
-                    notes.warn(format!(
-                        "cluster '{}': load balancing policy {other} is not implemented",
-                        c.name
-                    ));
+                    notes.warn(format!("cluster '{}': load balancing policy {other} is not implemented", c.name));
                     continue;
                 }
             };
             return Ok(policy);
         }
-        return Err(FieldError::new(
-            "load_balancing_policy",
-            "no supported load balancing policy in the list",
-        ));
+        return Err(FieldError::new("load_balancing_policy", "no supported load balancing policy in the list"));
     }
     Ok(match pb::cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest {
             choice_count: match &c.lb_config {
-                Some(pb::cluster::LbConfig::LeastRequestLbConfig(l)) => {
-                    l.choice_count.map_or(2, |v| v.value)
-                }
+                Some(pb::cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
                 _ => 2,
             },
         },
         Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
         Ok(pb::cluster::LbPolicy::RingHash) => match &c.lb_config {
-            Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => ring_hash(
-                r.minimum_ring_size.map(|v| v.value as u64),
-                r.maximum_ring_size.map(|v| v.value),
-            )
-            .map_err(|e| e.within("ring_hash_lb_config"))?,
+            Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => {
+                ring_hash(r.minimum_ring_size.map(|v| v.value as u64), r.maximum_ring_size.map(|v| v.value))
+                    .map_err(|e| e.within("ring_hash_lb_config"))?
+            }
             _ => ring_hash(None, None)?,
         },
         Ok(pb::cluster::LbPolicy::Maglev) => LbPolicy::Maglev {
             table_size: match &c.lb_config {
-                Some(pb::cluster::LbConfig::MaglevLbConfig(m)) => {
-                    m.table_size.map_or(65537, |v| v.value)
-                }
+                Some(pb::cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(65537, |v| v.value),
                 _ => 65537,
             },
         },
         Ok(pb::cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
         Ok(pb::cluster::LbPolicy::LoadBalancingPolicyConfig) => {
-            return Err(FieldError::new(
-                "lb_policy",
-                "LOAD_BALANCING_POLICY_CONFIG requires load_balancing_policy",
-            ))
+            return Err(FieldError::new("lb_policy", "LOAD_BALANCING_POLICY_CONFIG requires load_balancing_policy"))
         }
         Err(_) => {
             return Err(FieldError::new(
                 "lb_policy",
-                format!(
-                    "value must be one of the defined enum values, got {}",
-                    c.lb_policy
-                ),
+                format!("value must be one of the defined enum values, got {}", c.lb_policy),
             ))
         }
     })
@@ -392,36 +337,33 @@ fn ring_hash(min: Option<u64>, max: Option<u64>) -> FieldResult<LbPolicy> {
             "minimum_ring_size must not be larger than maximum_ring_size",
         ));
     }
-    Ok(LbPolicy::RingHash {
-        minimum_ring_size,
-        maximum_ring_size,
-    })
+    Ok(LbPolicy::RingHash { minimum_ring_size, maximum_ring_size })
 }
 
 fn upstream_protocol(c: &pb::Cluster) -> FieldResult<(UpstreamProtocol, Duration, Option<u32>)> {
-    let mut protocol = if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
-    };
+    let mut protocol =
+        if c.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
     let mut common = c.common_http_protocol_options.clone();
     for (key, any) in &c.typed_extension_protocol_options {
         let path = format!("typed_extension_protocol_options[{key}]");
-        let name = super::decode::effective_type_name(any)
-            .map_err(|e| FieldError::new(&path, e.to_string()))?;
+        let name = super::decode::effective_type_name(any).map_err(|e| FieldError::new(&path, e.to_string()))?;
         if name != HTTP_PROTOCOL_OPTIONS {
             continue;
         }
         let opts: HttpProtocolOptions = unpack(any).map_err(|e| FieldError::new(&path, e))?;
         protocol = match &opts.upstream_protocol_options {
             Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
-                Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => {
+                    UpstreamProtocol::Http2
+                }
                 Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
                     return Err(FieldError::new(&path, "HTTP/3 upstreams are not supported"))
                 }
                 _ => UpstreamProtocol::Http1,
             },
-            Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                UpstreamProtocol::UseDownstream
+            }
             // ALPN-negotiated: without TLS that is HTTP/1.1, as in Envoy.
             Some(http_protocol_options::UpstreamProtocolOptions::AutoConfig(_)) => UpstreamProtocol::Http1,
             None => protocol,
@@ -465,10 +407,7 @@ fn thresholds(cb: Option<&pb::CircuitBreakers>) -> Thresholds {
 }
 
 /// Validates a `ClusterLoadAssignment` (also used for EDS).
-pub fn load_assignment(
-    la: &ClusterLoadAssignment,
-    discovery: &Discovery,
-) -> FieldResult<LoadAssignment> {
+pub fn load_assignment(la: &ClusterLoadAssignment, discovery: &Discovery) -> FieldResult<LoadAssignment> {
     let mut localities = Vec::with_capacity(la.endpoints.len());
     for (i, le) in la.endpoints.iter().enumerate() {
         let path = format!("endpoints[{i}]");
@@ -478,23 +417,16 @@ pub fn load_assignment(
             let endpoint = match &lb.host_identifier {
                 Some(HostIdentifier::Endpoint(e)) => e,
                 Some(HostIdentifier::EndpointName(_)) => {
-                    return Err(FieldError::new(
-                        format!("{epath}.endpoint_name"),
-                        "named endpoints are not supported",
-                    ))
+                    return Err(FieldError::new(format!("{epath}.endpoint_name"), "named endpoints are not supported"))
                 }
-                None => {
-                    return Err(FieldError::new(
-                        format!("{epath}.endpoint"),
-                        "value is required",
-                    ))
-                }
+                None => return Err(FieldError::new(format!("{epath}.endpoint"), "value is required")),
             };
-            let addr = endpoint.address.as_ref().ok_or_else(|| {
-                FieldError::new(format!("{epath}.endpoint.address"), "value is required")
-            })?;
-            let address = endpoint_address(addr, discovery)
-                .map_err(|e| e.within(&format!("{epath}.endpoint.address")))?;
+            let addr = endpoint
+                .address
+                .as_ref()
+                .ok_or_else(|| FieldError::new(format!("{epath}.endpoint.address"), "value is required"))?;
+            let address =
+                endpoint_address(addr, discovery).map_err(|e| e.within(&format!("{epath}.endpoint.address")))?;
             let weight = lb.load_balancing_weight.map_or(1, |w| w.value);
             if weight == 0 {
                 return Err(FieldError::new(
@@ -504,12 +436,7 @@ pub fn load_assignment(
             }
             // UNKNOWN(0), HEALTHY(1), DEGRADED(5) serve; UNHEALTHY, DRAINING, TIMEOUT do not.
             let healthy = matches!(lb.health_status, 0 | 1 | 5);
-            endpoints.push(Endpoint {
-                address,
-                weight,
-                healthy,
-                hostname: endpoint.hostname.clone(),
-            });
+            endpoints.push(Endpoint { address, weight, healthy, hostname: endpoint.hostname.clone() });
         }
         let locality = le.locality.clone().unwrap_or_default();
         localities.push(LocalityEndpoints {
@@ -535,18 +462,12 @@ fn endpoint_address(addr: &Address, discovery: &Discovery) -> FieldResult<Endpoi
                     )
                 })?,
                 Some(PortSpecifier::NamedPort(_)) => {
-                    return Err(FieldError::new(
-                        "socket_address.named_port",
-                        "named ports are not supported",
-                    ))
+                    return Err(FieldError::new("socket_address.named_port", "named ports are not supported"))
                 }
                 None => 0,
             };
             if sa.protocol != 0 {
-                return Err(FieldError::new(
-                    "socket_address.protocol",
-                    "only TCP endpoints are supported",
-                ));
+                return Err(FieldError::new("socket_address.protocol", "only TCP endpoints are supported"));
             }
             match sa.address.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(EndpointAddress::Socket(SocketAddr::new(ip, port))),
@@ -556,22 +477,15 @@ fn endpoint_address(addr: &Address, discovery: &Discovery) -> FieldResult<Endpoi
                         Discovery::StrictDns | Discovery::LogicalDns | Discovery::Unsupported(_)
                     ) =>
                 {
-                    Ok(EndpointAddress::Dns {
-                        host: sa.address.clone(),
-                        port,
-                    })
+                    Ok(EndpointAddress::Dns { host: sa.address.clone(), port })
                 }
-                Err(_) => Err(FieldError::new(
-                    "socket_address.address",
-                    format!("malformed IP address: {}", sa.address),
-                )),
+                Err(_) => {
+                    Err(FieldError::new("socket_address.address", format!("malformed IP address: {}", sa.address)))
+                }
             }
         }
         Some(address::Address::Pipe(p)) => Ok(EndpointAddress::Pipe(p.path.clone())),
-        Some(_) => Err(FieldError::new(
-            "address",
-            "only socket_address and pipe endpoints are supported",
-        )),
+        Some(_) => Err(FieldError::new("address", "only socket_address and pipe endpoints are supported")),
         None => Err(FieldError::new("address", "value is required")),
     }
 }

@@ -12,27 +12,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(
-        kind: &'static str,
-        name: &str,
-        path: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        ConfigError {
-            kind,
-            name: name.to_string(),
-            path: path.into(),
-            reason: reason.into(),
-        }
+    pub fn new(kind: &'static str, name: &str, path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { kind, name: name.to_string(), path: path.into(), reason: reason.into() }
     }
 
     /// Prefixes the field path with the path of the enclosing message.
     pub fn within(mut self, prefix: &str) -> Self {
-        self.path = if self.path.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.{}", self.path)
-        };
+        self.path = if self.path.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", self.path) };
         self
     }
 }
@@ -46,18 +32,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        FieldError { path: path.into(), reason: reason.into() }
     }
 
     pub fn within(mut self, prefix: &str) -> Self {
-        self.path = if self.path.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.{}", self.path)
-        };
+        self.path = if self.path.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", self.path) };
         self
     }
 

@@ -34,29 +34,16 @@ pub trait FormatContext {
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Literal(String),
-    RemoteAddress {
-        with_port: bool,
-        direct: bool,
-    },
+    RemoteAddress { with_port: bool, direct: bool },
     RemotePort,
-    LocalAddress {
-        with_port: bool,
-    },
+    LocalAddress { with_port: bool },
     LocalPort,
-    RequestHeader {
-        names: Vec<String>,
-        max_len: Option<usize>,
-    },
-    ResponseHeader {
-        names: Vec<String>,
-        max_len: Option<usize>,
-    },
+    RequestHeader { names: Vec<String>, max_len: Option<usize> },
+    ResponseHeader { names: Vec<String>, max_len: Option<usize> },
     Protocol,
     Hostname,
     UpstreamCluster,
-    UpstreamRemote {
-        with_port: bool,
-    },
+    UpstreamRemote { with_port: bool },
     RouteName,
     ResponseCode,
     StartTime,
@@ -83,7 +70,10 @@ impl Formatter {
                 continue;
             }
             let Some(end) = find_operator_end(after) else {
-                return Err(FieldError::new("", format!("Incorrect configuration: {text}. Couldn't find valid command at position {start}")));
+                return Err(FieldError::new(
+                    "",
+                    format!("Incorrect configuration: {text}. Couldn't find valid command at position {start}"),
+                ));
             };
             let op = &after[..end];
             if !literal.is_empty() {
@@ -114,11 +104,7 @@ impl Formatter {
             match p {
                 Part::Literal(s) => out.push_str(s),
                 Part::RemoteAddress { with_port, direct } => {
-                    let a = if *direct {
-                        ctx.downstream_direct_remote()
-                    } else {
-                        ctx.downstream_remote()
-                    };
+                    let a = if *direct { ctx.downstream_direct_remote() } else { ctx.downstream_remote() };
                     push_addr(&mut out, a, *with_port)
                 }
                 Part::RemotePort => {
@@ -126,30 +112,22 @@ impl Formatter {
                         out.push_str(&a.port().to_string())
                     }
                 }
-                Part::LocalAddress { with_port } => {
-                    push_addr(&mut out, ctx.downstream_local(), *with_port)
-                }
+                Part::LocalAddress { with_port } => push_addr(&mut out, ctx.downstream_local(), *with_port),
                 Part::LocalPort => {
                     if let Some(a) = ctx.downstream_local() {
                         out.push_str(&a.port().to_string())
                     }
                 }
-                Part::RequestHeader { names, max_len } => push_header(
-                    &mut out,
-                    names.iter().find_map(|n| ctx.request_header(n)),
-                    *max_len,
-                ),
-                Part::ResponseHeader { names, max_len } => push_header(
-                    &mut out,
-                    names.iter().find_map(|n| ctx.response_header(n)),
-                    *max_len,
-                ),
+                Part::RequestHeader { names, max_len } => {
+                    push_header(&mut out, names.iter().find_map(|n| ctx.request_header(n)), *max_len)
+                }
+                Part::ResponseHeader { names, max_len } => {
+                    push_header(&mut out, names.iter().find_map(|n| ctx.response_header(n)), *max_len)
+                }
                 Part::Protocol => out.push_str(ctx.protocol()),
                 Part::Hostname => out.push_str(&hostname()),
                 Part::UpstreamCluster => out.push_str(&ctx.upstream_cluster().unwrap_or_default()),
-                Part::UpstreamRemote { with_port } => {
-                    push_addr(&mut out, ctx.upstream_remote(), *with_port)
-                }
+                Part::UpstreamRemote { with_port } => push_addr(&mut out, ctx.upstream_remote(), *with_port),
                 Part::RouteName => out.push_str(&ctx.route_name().unwrap_or_default()),
                 Part::ResponseCode => out.push_str(&ctx.response_code().unwrap_or(0).to_string()),
                 Part::StartTime => out.push_str(&httpdate::fmt_http_date(ctx.start_time())),
@@ -205,50 +183,26 @@ fn find_operator_end(s: &str) -> Option<usize> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 fn parse_operator(op: &str) -> FieldResult<Part> {
     let unsupported = || FieldError::new("", format!("Not supported field in StreamInfo: {op}"));
     if let Some((name, arg, max_len)) = split_call(op) {
-        let names = || {
-            arg.split('?')
-                .map(|n| n.to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        };
+        let names = || arg.split('?').map(|n| n.to_ascii_lowercase()).collect::<Vec<_>>();
         return Ok(match name {
-            "REQ" => Part::RequestHeader {
-                names: names(),
-                max_len,
-            },
-            "RESP" => Part::ResponseHeader {
-                names: names(),
-                max_len,
-            },
+            "REQ" => Part::RequestHeader { names: names(), max_len },
+            "RESP" => Part::ResponseHeader { names: names(), max_len },
             "ENVIRONMENT" => Part::Environment(arg.to_string()),
             "START_TIME" => Part::StartTime,
             _ => return Err(unsupported()),
         });
     }
     Ok(match op {
-        "DOWNSTREAM_REMOTE_ADDRESS" => Part::RemoteAddress {
-            with_port: true,
-            direct: false,
-        },
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Part::RemoteAddress {
-            with_port: false,
-            direct: false,
-        },
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Part::RemoteAddress {
-            with_port: true,
-            direct: true,
-        },
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Part::RemoteAddress {
-            with_port: false,
-            direct: true,
-        },
+        "DOWNSTREAM_REMOTE_ADDRESS" => Part::RemoteAddress { with_port: true, direct: false },
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Part::RemoteAddress { with_port: false, direct: false },
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Part::RemoteAddress { with_port: true, direct: true },
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Part::RemoteAddress { with_port: false, direct: true },
         "DOWNSTREAM_REMOTE_PORT" => Part::RemotePort,
         "DOWNSTREAM_LOCAL_ADDRESS" => Part::LocalAddress { with_port: true },
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::LocalAddress { with_port: false },
@@ -269,9 +223,7 @@ fn parse_operator(op: &str) -> FieldResult<Part> {
 fn split_call(op: &str) -> Option<(&str, &str, Option<usize>)> {
     let open = op.find('(')?;
     let close = op.rfind(')')?;
-    let max_len = op[close + 1..]
-        .strip_prefix(':')
-        .and_then(|l| l.parse().ok());
+    let max_len = op[close + 1..].strip_prefix(':').and_then(|l| l.parse().ok());
     Some((&op[..open], &op[open + 1..close], max_len))
 }
 
@@ -300,15 +252,10 @@ mod tests {
 
     #[test]
     fn renders_operators() {
-        let f = Formatter::parse(
-            "ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% h=%REQ(x-a?x-b):2% %% %PROTOCOL%",
-        )
-        .unwrap();
+        let f =
+            Formatter::parse("ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% h=%REQ(x-a?x-b):2% %% %PROTOCOL%").unwrap();
         assert_eq!(f.render(&Ctx), "ip=10.0.0.1 h=be % HTTP/1.1");
-        assert_eq!(
-            Formatter::parse("plain").unwrap().as_literal(),
-            Some("plain")
-        );
+        assert_eq!(Formatter::parse("plain").unwrap().as_literal(), Some("plain"));
         assert!(Formatter::parse("%NOPE%").is_err());
     }
 }

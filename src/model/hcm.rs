@@ -85,10 +85,7 @@ pub struct HttpConnectionManager {
 impl HttpConnectionManager {
     pub fn from_proto(h: &pb::HttpConnectionManager, notes: &mut Notes) -> FieldResult<Self> {
         if h.stat_prefix.is_empty() {
-            return Err(FieldError::new(
-                "stat_prefix",
-                "value length must be at least 1 characters",
-            ));
+            return Err(FieldError::new("stat_prefix", "value length must be at least 1 characters"));
         }
         let codec = match h.codec_type {
             0 => Codec::Auto,
@@ -110,33 +107,19 @@ impl HttpConnectionManager {
             }
             Some(RouteSpecifier::Rds(rds)) => {
                 if rds.route_config_name.is_empty() {
-                    return Err(FieldError::new(
-                        "rds.route_config_name",
-                        "value length must be at least 1 characters",
-                    ));
+                    return Err(FieldError::new("rds.route_config_name", "value length must be at least 1 characters"));
                 }
                 (RouteSource::Rds(rds.route_config_name.clone()), None)
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
-                return Err(FieldError::new(
-                    "scoped_routes",
-                    "scoped routes are not supported",
-                ))
+                return Err(FieldError::new("scoped_routes", "scoped routes are not supported"))
             }
-            None => {
-                return Err(FieldError::new(
-                    "route_specifier",
-                    "one of route_config or rds is required",
-                ))
-            }
+            None => return Err(FieldError::new("route_specifier", "one of route_config or rds is required")),
         };
         let filters = http_filters(&h.http_filters, notes).map_err(|e| e)?;
         let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
         if max_request_headers_kb == 0 || max_request_headers_kb > 8192 {
-            return Err(FieldError::new(
-                "max_request_headers_kb",
-                "value must be inside range (0, 8192]",
-            ));
+            return Err(FieldError::new("max_request_headers_kb", "value must be inside range (0, 8192]"));
         }
         let opt_duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>,
                             field: &str,
@@ -144,16 +127,14 @@ impl HttpConnectionManager {
          -> FieldResult<Option<Duration>> {
             match d {
                 None => Ok(default),
-                Some(d) => {
-                    Ok(Some(duration(d).map_err(|e| e.within(field))?).filter(|d| !d.is_zero()))
-                }
+                Some(d) => Ok(Some(duration(d).map_err(|e| e.within(field))?).filter(|d| !d.is_zero())),
             }
         };
         let common = h.common_http_protocol_options.as_ref();
-        let websocket = h.upgrade_configs.iter().any(|u| {
-            u.upgrade_type.eq_ignore_ascii_case("websocket")
-                && u.enabled.as_ref().is_none_or(|b| b.value)
-        });
+        let websocket = h
+            .upgrade_configs
+            .iter()
+            .any(|u| u.upgrade_type.eq_ignore_ascii_case("websocket") && u.enabled.as_ref().is_none_or(|b| b.value));
         if h.forward_client_cert_details != 0 {
             notes.warn("forward_client_cert_details is not implemented yet: x-forwarded-client-cert is removed, never forwarded".into());
         }
@@ -169,11 +150,7 @@ impl HttpConnectionManager {
             route_source,
             inline_routes,
             filters,
-            server_name: if h.server_name.is_empty() {
-                "envoy".to_string()
-            } else {
-                h.server_name.clone()
-            },
+            server_name: if h.server_name.is_empty() { "envoy".to_string() } else { h.server_name.clone() },
             server_header: match h.server_header_transformation {
                 1 => ServerHeader::AppendIfAbsent,
                 2 => ServerHeader::PassThrough,
@@ -187,26 +164,17 @@ impl HttpConnectionManager {
             preserve_external_request_id: h.preserve_external_request_id,
             always_set_request_id_in_response: h.always_set_request_id_in_response,
             max_request_headers_kb,
-            max_headers_count: common
-                .and_then(|c| c.max_headers_count.map(|v| v.value))
-                .unwrap_or(100),
+            max_headers_count: common.and_then(|c| c.max_headers_count.map(|v| v.value)).unwrap_or(100),
             request_timeout: opt_duration(&h.request_timeout, "request_timeout", None)?,
-            request_headers_timeout: opt_duration(
-                &h.request_headers_timeout,
-                "request_headers_timeout",
-                None,
-            )?,
+            request_headers_timeout: opt_duration(&h.request_headers_timeout, "request_headers_timeout", None)?,
             stream_idle_timeout: opt_duration(
                 &h.stream_idle_timeout,
                 "stream_idle_timeout",
                 Some(Duration::from_secs(300)),
             )?,
             idle_timeout: match common.and_then(|c| c.idle_timeout.as_ref()) {
-                Some(d) => Some(
-                    duration(d)
-                        .map_err(|e| e.within("common_http_protocol_options.idle_timeout"))?,
-                )
-                .filter(|d| !d.is_zero()),
+                Some(d) => Some(duration(d).map_err(|e| e.within("common_http_protocol_options.idle_timeout"))?)
+                    .filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(3600)),
             },
             websocket,
@@ -227,26 +195,17 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
     for (i, f) in filters.iter().enumerate() {
         let path = format!("http_filters[{i}]");
         if f.name.is_empty() {
-            return Err(FieldError::new(
-                format!("{path}.name"),
-                "value length must be at least 1 characters",
-            ));
+            return Err(FieldError::new(format!("{path}.name"), "value length must be at least 1 characters"));
         }
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(any)) => any,
             Some(ConfigType::ConfigDiscovery(_)) => {
-                return Err(FieldError::new(
-                    format!("{path}.config_discovery"),
-                    "ECDS is not supported",
-                ))
+                return Err(FieldError::new(format!("{path}.config_discovery"), "ECDS is not supported"))
             }
             None => {
                 return Err(FieldError::new(
                     &path,
-                    format!(
-                        "Didn't find a registered implementation for '{}' with type URL: ''",
-                        f.name
-                    ),
+                    format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
                 ));
             }
         };
@@ -255,15 +214,10 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
         let filter = match type_name.as_str() {
             ROUTER => {
                 let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
-                    super::unpack(any)
-                        .map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
-                HttpFilter::Router(RouterConfig {
-                    suppress_envoy_headers: r.suppress_envoy_headers,
-                })
+                    super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                HttpFilter::Router(RouterConfig { suppress_envoy_headers: r.suppress_envoy_headers })
             }
-            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => HttpFilter::Harmless {
-                name: f.name.clone(),
-            },
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => HttpFilter::Harmless { name: f.name.clone() },
             other
                 if other.starts_with("envoy.extensions.filters.http.")
                     || other.starts_with("istio.")
@@ -276,42 +230,24 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
                     ));
                 }
                 if f.is_optional {
-                    notes.warn(format!(
-                        "optional HTTP filter '{}' ({other}) is not implemented and is skipped",
-                        f.name
-                    ));
+                    notes
+                        .warn(format!("optional HTTP filter '{}' ({other}) is not implemented and is skipped", f.name));
                     continue;
                 }
-                notes.warn(format!("HTTP filter '{}' ({other}) is not implemented: requests through it are refused", f.name));
-                HttpFilter::Unimplemented {
-                    name: f.name.clone(),
-                    type_name: other.to_string(),
-                }
+                notes.warn(format!(
+                    "HTTP filter '{}' ({other}) is not implemented: requests through it are refused",
+                    f.name
+                ));
+                HttpFilter::Unimplemented { name: f.name.clone(), type_name: other.to_string() }
             }
             other => {
                 return Err(FieldError::new(
                     format!("{path}.typed_config"),
-                    format!(
-                        "Didn't find a registered implementation for '{}' with type URL: '{}'",
-                        f.name, other
-                    ),
+                    format!("Didn't find a registered implementation for '{}' with type URL: '{}'", f.name, other),
                 ));
             }
         };
         out.push(filter);
-    }
-    match out.last() {
-        Some(HttpFilter::Router(_)) => {}
-        Some(_) => {
-            let name = &filters[filters.len() - 1].name;
-            return Err(FieldError::new("http_filters", format!("Error: non-terminal filter named {name} is the last filter in a http filter chain.")));
-        }
-        None => {
-            return Err(FieldError::new(
-                "http_filters",
-                "no HTTP filters: the router filter is required",
-            ))
-        }
     }
     if let Some(pos) = out.iter().position(|f| matches!(f, HttpFilter::Router(_))) {
         if pos + 1 != out.len() {
@@ -320,6 +256,17 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
                 format!("Error: terminal filter named {} of type envoy.filters.http.router must be the last filter in a http filter chain.", filters[pos].name),
             ));
         }
+    }
+    match out.last() {
+        Some(HttpFilter::Router(_)) => {}
+        Some(_) => {
+            let name = &filters[filters.len() - 1].name;
+            return Err(FieldError::new(
+                "http_filters",
+                format!("Error: non-terminal filter named {name} is the last filter in a http filter chain."),
+            ));
+        }
+        None => return Err(FieldError::new("http_filters", "no HTTP filters: the router filter is required")),
     }
     Ok(out)
 }

@@ -1,9 +1,7 @@
 //! Header additions and removals (`request_headers_to_add`, `response_headers_to_remove`, …) with
 //! Envoy's append semantics.
 
-use envoy_types::pb::envoy::config::core::v3::{
-    header_value_option::HeaderAppendAction, HeaderValueOption,
-};
+use envoy_types::pb::envoy::config::core::v3::{header_value_option::HeaderAppendAction, HeaderValueOption};
 use http::header::{HeaderName, HeaderValue};
 
 use super::error::{FieldError, FieldResult};
@@ -49,16 +47,10 @@ impl HeaderMutations {
             .enumerate()
             .map(|(i, n)| {
                 let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                    FieldError::new(
-                        format!("{remove_field}[{i}]"),
-                        format!("invalid header name '{n}'"),
-                    )
+                    FieldError::new(format!("{remove_field}[{i}]"), format!("invalid header name '{n}'"))
                 })?;
                 if n.starts_with(':') || name == http::header::HOST {
-                    return Err(FieldError::new(
-                        format!("{remove_field}[{i}]"),
-                        format!("cannot remove header '{n}'"),
-                    ));
+                    return Err(FieldError::new(format!("{remove_field}[{i}]"), format!("cannot remove header '{n}'")));
                 }
                 Ok(name)
             })
@@ -79,16 +71,7 @@ impl HeaderMutations {
 
     /// Renders the non-literal values; literal ones need no work per request.
     pub fn render(&self, ctx: &dyn FormatContext) -> Vec<Option<String>> {
-        self.add
-            .iter()
-            .map(|a| {
-                if a.value.as_literal().is_some() {
-                    None
-                } else {
-                    Some(a.value.render(ctx))
-                }
-            })
-            .collect()
+        self.add.iter().map(|a| if a.value.as_literal().is_some() { None } else { Some(a.value.render(ctx)) }).collect()
     }
 
     pub fn apply_rendered(&self, headers: &mut http::HeaderMap, rendered: Vec<Option<String>>) {
@@ -129,22 +112,12 @@ impl HeaderMutations {
 }
 
 fn header_add(h: &HeaderValueOption) -> FieldResult<HeaderAdd> {
-    let header = h
-        .header
-        .as_ref()
-        .ok_or_else(|| FieldError::new("header", "value is required"))?;
+    let header = h.header.as_ref().ok_or_else(|| FieldError::new("header", "value is required"))?;
     if header.key.is_empty() {
-        return Err(FieldError::new(
-            "header.key",
-            "value length must be at least 1 characters",
-        ));
+        return Err(FieldError::new("header.key", "value length must be at least 1 characters"));
     }
-    let name = HeaderName::from_bytes(header.key.as_bytes()).map_err(|_| {
-        FieldError::new(
-            "header.key",
-            format!("invalid header name '{}'", header.key),
-        )
-    })?;
+    let name = HeaderName::from_bytes(header.key.as_bytes())
+        .map_err(|_| FieldError::new("header.key", format!("invalid header name '{}'", header.key)))?;
     let raw = if header.raw_value.is_empty() {
         header.value.clone()
     } else {
@@ -154,10 +127,7 @@ fn header_add(h: &HeaderValueOption) -> FieldResult<HeaderAdd> {
     let value = Formatter::parse(&raw).map_err(|e| e.within("header.value"))?;
     let action = match (h.append, HeaderAppendAction::try_from(h.append_action)) {
         (Some(_), Ok(a)) if a != HeaderAppendAction::AppendIfExistsOrAdd => {
-            return Err(FieldError::new(
-                "append",
-                "Both append and append_action are set and it's not allowed",
-            ))
+            return Err(FieldError::new("append", "Both append and append_action are set and it's not allowed"))
         }
         (Some(append), _) => {
             if append.value {
@@ -168,21 +138,9 @@ fn header_add(h: &HeaderValueOption) -> FieldResult<HeaderAdd> {
         }
         (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
         (None, Ok(HeaderAppendAction::AddIfAbsent)) => AppendAction::AddIfAbsent,
-        (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => {
-            AppendAction::OverwriteIfExistsOrAdd
-        }
+        (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
         (None, Ok(HeaderAppendAction::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
-        (None, Err(_)) => {
-            return Err(FieldError::new(
-                "append_action",
-                "value must be one of the defined enum values",
-            ))
-        }
+        (None, Err(_)) => return Err(FieldError::new("append_action", "value must be one of the defined enum values")),
     };
-    Ok(HeaderAdd {
-        name,
-        value,
-        action,
-        keep_empty_value: h.keep_empty_value,
-    })
+    Ok(HeaderAdd { name, value, action, keep_empty_value: h.keep_empty_value })
 }

@@ -5,9 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, CidrRange,
-};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, CidrRange};
 use envoy_types::pb::envoy::config::listener::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as PbHcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
@@ -20,8 +18,7 @@ use super::route::{RouteTable, WeightedCluster, WeightedClusters};
 use super::tls::DownstreamTls;
 use super::{duration, unpack, Notes};
 
-const HCM: &str =
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
@@ -82,25 +79,15 @@ impl Cidr {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
                 (u32::from(net) & mask) == (u32::from(ip) & mask)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
                 (u128::from(net) & mask) == (u128::from(ip) & mask)
             }
-            (IpAddr::V4(_), IpAddr::V6(ip)) => ip
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
             _ => false,
         }
     }
@@ -135,16 +122,10 @@ impl Listener {
     }
 
     fn build(l: &pb::Listener, notes: &mut Notes) -> FieldResult<Self> {
-        let addr = l
-            .address
-            .as_ref()
-            .ok_or_else(|| FieldError::new("address", "value is required"))?;
+        let addr = l.address.as_ref().ok_or_else(|| FieldError::new("address", "value is required"))?;
         let address = socket_address(addr).map_err(|e| e.within("address"))?;
         if l.api_listener.is_some() {
-            return Err(FieldError::new(
-                "api_listener",
-                "API listeners are not supported",
-            ));
+            return Err(FieldError::new("api_listener", "API listeners are not supported"));
         }
         if l.filter_chain_matcher.is_some() {
             return Err(FieldError::new(
@@ -158,43 +139,39 @@ impl Listener {
         for (i, f) in l.listener_filters.iter().enumerate() {
             use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType;
             let type_name = match &f.config_type {
-                Some(ConfigType::TypedConfig(any)) => super::decode::effective_type_name(any).map_err(|e| FieldError::new(format!("listener_filters[{i}].typed_config"), e.to_string()))?,
-                _ => legacy_listener_filter(&f.name).ok_or_else(|| {
-                    FieldError::new(format!("listener_filters[{i}]"), format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name))
-                })?.to_string(),
+                Some(ConfigType::TypedConfig(any)) => super::decode::effective_type_name(any)
+                    .map_err(|e| FieldError::new(format!("listener_filters[{i}].typed_config"), e.to_string()))?,
+                _ => legacy_listener_filter(&f.name)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            format!("listener_filters[{i}]"),
+                            format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
+                        )
+                    })?
+                    .to_string(),
             };
             match type_name.as_str() {
                 TLS_INSPECTOR => tls_inspector = true,
                 HTTP_INSPECTOR => http_inspector = true,
                 ORIGINAL_DST => original_dst_filter = true,
-                other => notes.warn(format!(
-                    "listener '{}': listener filter {other} is not implemented and is skipped",
-                    l.name
-                )),
+                other => notes
+                    .warn(format!("listener '{}': listener filter {other} is not implemented and is skipped", l.name)),
             }
         }
         let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
         for (i, fc) in l.filter_chains.iter().enumerate() {
             filter_chains.push(Arc::new(
-                FilterChain::from_proto(fc, notes)
-                    .map_err(|e| e.within(&format!("filter_chains[{i}]")))?,
+                FilterChain::from_proto(fc, notes).map_err(|e| e.within(&format!("filter_chains[{i}]")))?,
             ));
         }
         check_duplicate_matches(&filter_chains, &l.name)?;
         let default_filter_chain = l
             .default_filter_chain
             .as_ref()
-            .map(|fc| {
-                FilterChain::from_proto(fc, notes)
-                    .map(Arc::new)
-                    .map_err(|e| e.within("default_filter_chain"))
-            })
+            .map(|fc| FilterChain::from_proto(fc, notes).map(Arc::new).map_err(|e| e.within("default_filter_chain")))
             .transpose()?;
         if filter_chains.is_empty() && default_filter_chain.is_none() {
-            return Err(FieldError::new(
-                "filter_chains",
-                "no filter chains specified",
-            ));
+            return Err(FieldError::new("filter_chains", "no filter chains specified"));
         }
         Ok(Listener {
             name: l.name.clone(),
@@ -210,8 +187,9 @@ impl Listener {
                 .as_ref()
                 .map_or(1024 * 1024, |v| v.value),
             listener_filters_timeout: match &l.listener_filters_timeout {
-                Some(d) => Some(duration(d).map_err(|e| e.within("listener_filters_timeout"))?)
-                    .filter(|d| !d.is_zero()),
+                Some(d) => {
+                    Some(duration(d).map_err(|e| e.within("listener_filters_timeout"))?).filter(|d| !d.is_zero())
+                }
                 None => Some(Duration::from_secs(15)),
             },
             proto: Arc::new(l.clone()),
@@ -220,13 +198,10 @@ impl Listener {
 
     /// Every route table embedded in this listener's HTTP connection managers.
     pub fn inline_route_tables(&self) -> impl Iterator<Item = &Arc<RouteTable>> {
-        self.filter_chains
-            .iter()
-            .chain(self.default_filter_chain.iter())
-            .filter_map(|fc| match &fc.terminal {
-                NetworkTerminal::Http(h) => h.inline_routes.as_ref(),
-                _ => None,
-            })
+        self.filter_chains.iter().chain(self.default_filter_chain.iter()).filter_map(|fc| match &fc.terminal {
+            NetworkTerminal::Http(h) => h.inline_routes.as_ref(),
+            _ => None,
+        })
     }
 
     /// Clusters named by TCP proxies (for static validation).
@@ -288,10 +263,9 @@ impl FilterChain {
             .flatten()
             .map(Arc::new);
         if fc.filters.is_empty() {
-            return Err(FieldError::new(
-                "filters",
-                "a filter chain needs at least one network filter",
-            ));
+            // Envoy accepts a chain without filters; its connections are simply closed.
+            let terminal = NetworkTerminal::Unsupported("no network filters".into());
+            return Ok(FilterChain { name: fc.name.clone(), matcher, tls, terminal });
         }
         let mut terminal = None;
         for (i, f) in fc.filters.iter().enumerate() {
@@ -300,10 +274,7 @@ impl FilterChain {
             let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
                 return Err(FieldError::new(
                     &path,
-                    format!(
-                        "Didn't find a registered implementation for '{}' with type URL: ''",
-                        f.name
-                    ),
+                    format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
                 ));
             };
             let type_name = super::decode::effective_type_name(any)
@@ -311,29 +282,35 @@ impl FilterChain {
             let is_last = i + 1 == fc.filters.len();
             let this = match type_name.as_str() {
                 HCM => {
-                    let pb: PbHcm = unpack(any)
-                        .map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                    let pb: PbHcm = unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
                     NetworkTerminal::Http(Arc::new(
                         HttpConnectionManager::from_proto(&pb, notes)
                             .map_err(|e| e.within(&format!("{path}.typed_config")))?,
                     ))
                 }
                 TCP_PROXY => {
-                    let pb: PbTcpProxy = unpack(any)
-                        .map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                    let pb: PbTcpProxy = unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
                     NetworkTerminal::Tcp(Arc::new(
                         tcp_proxy(&pb).map_err(|e| e.within(&format!("{path}.typed_config")))?,
                     ))
                 }
                 other if other.starts_with("envoy.extensions.filters.network.") => {
-                    notes.warn(format!("network filter {other} is not implemented: connections on its filter chain are closed"));
+                    notes.warn(format!(
+                        "network filter {other} is not implemented: connections on its filter chain are closed"
+                    ));
                     NetworkTerminal::Unsupported(other.to_string())
                 }
                 other
                     if super::decode::descriptor(other).is_ok()
                         && !other.starts_with("envoy.extensions.filters.network.") =>
                 {
-                    return Err(FieldError::new(format!("{path}.typed_config"), format!("Didn't find a registered network filter implementation for '{}' with type URL: '{}'", f.name, other)));
+                    return Err(FieldError::new(
+                        format!("{path}.typed_config"),
+                        format!(
+                            "Didn't find a registered network filter implementation for '{}' with type URL: '{}'",
+                            f.name, other
+                        ),
+                    ));
                 }
                 other => {
                     return Err(FieldError::new(
@@ -345,21 +322,21 @@ impl FilterChain {
             if is_last {
                 terminal = Some(this);
             } else if !matches!(this, NetworkTerminal::Unsupported(_)) {
-                return Err(FieldError::new(&path, format!("Error: terminal filter named {} of type {} must be the last filter in a network filter chain.", f.name, type_name)));
+                return Err(FieldError::new(
+                    &path,
+                    format!(
+                        "Error: terminal filter named {} of type {} must be the last filter in a network filter chain.",
+                        f.name, type_name
+                    ),
+                ));
             } else {
                 // A non-terminal network filter Remora does not implement: fail closed.
                 terminal = Some(this);
                 break;
             }
         }
-        let terminal =
-            terminal.ok_or_else(|| FieldError::new("filters", "no terminal network filter"))?;
-        Ok(FilterChain {
-            name: fc.name.clone(),
-            matcher,
-            tls,
-            terminal,
-        })
+        let terminal = terminal.ok_or_else(|| FieldError::new("filters", "no terminal network filter"))?;
+        Ok(FilterChain { name: fc.name.clone(), matcher, tls, terminal })
     }
 }
 
@@ -382,10 +359,7 @@ fn filter_chain_match(m: &pb::FilterChainMatch) -> FieldResult<FilterChainMatch>
                         format!("value must be less than or equal to {max}"),
                     ));
                 }
-                Ok(Cidr {
-                    addr,
-                    prefix_len: prefix_len as u8,
-                })
+                Ok(Cidr { addr, prefix_len: prefix_len as u8 })
             })
             .collect()
     };
@@ -395,18 +369,13 @@ fn filter_chain_match(m: &pb::FilterChainMatch) -> FieldResult<FilterChainMatch>
             u16::try_from(p.value)
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| {
-                    FieldError::new("destination_port", "value must be inside range [1, 65535]")
-                })
+                .ok_or_else(|| FieldError::new("destination_port", "value must be inside range [1, 65535]"))
         })
         .transpose()?;
     Ok(FilterChainMatch {
         destination_port,
         prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
-        direct_source_prefix_ranges: cidrs(
-            &m.direct_source_prefix_ranges,
-            "direct_source_prefix_ranges",
-        )?,
+        direct_source_prefix_ranges: cidrs(&m.direct_source_prefix_ranges, "direct_source_prefix_ranges")?,
         source_type: match m.source_type {
             1 => SourceType::SameIpOrLoopback,
             2 => SourceType::External,
@@ -417,16 +386,10 @@ fn filter_chain_match(m: &pb::FilterChainMatch) -> FieldResult<FilterChainMatch>
             .source_ports
             .iter()
             .map(|p| {
-                u16::try_from(*p).map_err(|_| {
-                    FieldError::new("source_ports", "value must be inside range [1, 65535]")
-                })
+                u16::try_from(*p).map_err(|_| FieldError::new("source_ports", "value must be inside range [1, 65535]"))
             })
             .collect::<FieldResult<_>>()?,
-        server_names: m
-            .server_names
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect(),
+        server_names: m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
         transport_protocol: Some(m.transport_protocol.clone()).filter(|t| !t.is_empty()),
         application_protocols: m.application_protocols.clone(),
     })
@@ -434,18 +397,12 @@ fn filter_chain_match(m: &pb::FilterChainMatch) -> FieldResult<FilterChainMatch>
 
 fn tcp_proxy(t: &PbTcpProxy) -> FieldResult<TcpProxy> {
     if t.stat_prefix.is_empty() {
-        return Err(FieldError::new(
-            "stat_prefix",
-            "value length must be at least 1 characters",
-        ));
+        return Err(FieldError::new("stat_prefix", "value length must be at least 1 characters"));
     }
     let cluster = match &t.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => TcpTarget::Cluster(c.clone()),
         Some(ClusterSpecifier::Cluster(_)) | None => {
-            return Err(FieldError::new(
-                "cluster_specifier",
-                "one of cluster or weighted_clusters is required",
-            ))
+            return Err(FieldError::new("cluster_specifier", "one of cluster or weighted_clusters is required"))
         }
         Some(ClusterSpecifier::WeightedClusters(w)) => {
             let mut clusters = Vec::new();
@@ -473,22 +430,14 @@ fn tcp_proxy(t: &PbTcpProxy) -> FieldResult<TcpProxy> {
                 });
             }
             if clusters.is_empty() {
-                return Err(FieldError::new(
-                    "weighted_clusters.clusters",
-                    "value must contain at least 2 item(s)",
-                ));
+                return Err(FieldError::new("weighted_clusters.clusters", "value must contain at least 2 item(s)"));
             }
-            TcpTarget::Weighted(WeightedClusters {
-                clusters,
-                total_weight: total,
-            })
+            TcpTarget::Weighted(WeightedClusters { clusters, total_weight: total })
         }
     };
     let idle_timeout = match &t.idle_timeout {
         None => Some(Duration::from_secs(3600)),
-        Some(d) => {
-            Some(duration(d).map_err(|e| e.within("idle_timeout"))?).filter(|d| !d.is_zero())
-        }
+        Some(d) => Some(duration(d).map_err(|e| e.within("idle_timeout"))?).filter(|d| !d.is_zero()),
     };
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
@@ -510,42 +459,24 @@ pub fn socket_address(addr: &Address) -> FieldResult<SocketAddr> {
                     )
                 })?,
                 Some(PortSpecifier::NamedPort(_)) => {
-                    return Err(FieldError::new(
-                        "socket_address.named_port",
-                        "named ports are not supported",
-                    ))
+                    return Err(FieldError::new("socket_address.named_port", "named ports are not supported"))
                 }
                 None => 0,
             };
             let ip: IpAddr = if sa.address.is_empty() {
-                return Err(FieldError::new(
-                    "socket_address.address",
-                    "value length must be at least 1 characters",
-                ));
+                return Err(FieldError::new("socket_address.address", "value length must be at least 1 characters"));
             } else {
                 sa.address.parse().map_err(|_| {
-                    FieldError::new(
-                        "socket_address.address",
-                        format!("malformed IP address: {}", sa.address),
-                    )
+                    FieldError::new("socket_address.address", format!("malformed IP address: {}", sa.address))
                 })?
             };
             if sa.protocol != 0 {
-                return Err(FieldError::new(
-                    "socket_address.protocol",
-                    "UDP listeners are not supported",
-                ));
+                return Err(FieldError::new("socket_address.protocol", "UDP listeners are not supported"));
             }
             Ok(SocketAddr::new(ip, port))
         }
-        Some(address::Address::Pipe(_)) => Err(FieldError::new(
-            "pipe",
-            "Unix-socket listeners are not supported",
-        )),
-        Some(_) => Err(FieldError::new(
-            "address",
-            "only socket_address listeners are supported",
-        )),
+        Some(address::Address::Pipe(_)) => Err(FieldError::new("pipe", "Unix-socket listeners are not supported")),
+        Some(_) => Err(FieldError::new("address", "only socket_address listeners are supported")),
         None => Err(FieldError::new("address", "value is required")),
     }
 }

@@ -35,39 +35,22 @@ impl StringMatcher {
         };
         let kind = match &pb.match_pattern {
             Some(MatchPattern::Exact(s)) => StringMatchKind::Exact(fold(s)),
-            Some(MatchPattern::Prefix(s)) => {
-                non_empty(s, "prefix").map(|_| StringMatchKind::Prefix(fold(s)))?
-            }
-            Some(MatchPattern::Suffix(s)) => {
-                non_empty(s, "suffix").map(|_| StringMatchKind::Suffix(fold(s)))?
-            }
-            Some(MatchPattern::Contains(s)) => {
-                non_empty(s, "contains").map(|_| StringMatchKind::Contains(fold(s)))?
-            }
+            Some(MatchPattern::Prefix(s)) => non_empty(s, "prefix").map(|_| StringMatchKind::Prefix(fold(s)))?,
+            Some(MatchPattern::Suffix(s)) => non_empty(s, "suffix").map(|_| StringMatchKind::Suffix(fold(s)))?,
+            Some(MatchPattern::Contains(s)) => non_empty(s, "contains").map(|_| StringMatchKind::Contains(fold(s)))?,
             Some(MatchPattern::SafeRegex(r)) => {
                 StringMatchKind::Regex(compile_regex(r).map_err(|e| e.within("safe_regex"))?)
             }
             Some(MatchPattern::Custom(_)) => {
-                return Err(FieldError::new(
-                    "custom",
-                    "custom string matchers are not supported",
-                ))
+                return Err(FieldError::new("custom", "custom string matchers are not supported"))
             }
-            None => {
-                return Err(FieldError::new(
-                    "match_pattern",
-                    "a match pattern is required",
-                ))
-            }
+            None => return Err(FieldError::new("match_pattern", "a match pattern is required")),
         };
         Ok(StringMatcher { kind, ignore_case })
     }
 
     pub fn exact(value: &str) -> Self {
-        StringMatcher {
-            kind: StringMatchKind::Exact(value.to_string()),
-            ignore_case: false,
-        }
+        StringMatcher { kind: StringMatchKind::Exact(value.to_string()), ignore_case: false }
     }
 
     pub fn matches(&self, value: &str) -> bool {
@@ -90,10 +73,7 @@ impl StringMatcher {
 
 fn non_empty(s: &str, field: &str) -> FieldResult<()> {
     if s.is_empty() {
-        Err(FieldError::new(
-            field,
-            "value length must be at least 1 characters",
-        ))
+        Err(FieldError::new(field, "value length must be at least 1 characters"))
     } else {
         Ok(())
     }
@@ -102,10 +82,7 @@ fn non_empty(s: &str, field: &str) -> FieldResult<()> {
 /// Compiles an Envoy `RegexMatcher` (RE2 syntax; Rust's `regex` implements the same guarantees).
 pub fn compile_regex(r: &RegexMatcher) -> FieldResult<Regex> {
     if r.regex.is_empty() {
-        return Err(FieldError::new(
-            "regex",
-            "value length must be at least 1 characters",
-        ));
+        return Err(FieldError::new("regex", "value length must be at least 1 characters"));
     }
     // Envoy's regexes must match the whole input; anchoring here keeps `is_match` cheap.
     Regex::new(&format!("^(?:{})$", r.regex))
@@ -114,8 +91,7 @@ pub fn compile_regex(r: &RegexMatcher) -> FieldResult<Regex> {
 
 /// Compiles a regex used for search-and-replace (not anchored).
 pub fn compile_search_regex(r: &RegexMatcher) -> FieldResult<Regex> {
-    Regex::new(&r.regex)
-        .map_err(|e| FieldError::new("regex", format!("invalid regex '{}': {e}", r.regex)))
+    Regex::new(&r.regex).map_err(|e| FieldError::new("regex", format!("invalid regex '{}': {e}", r.regex)))
 }
 
 /// Whole-input match for a regex compiled by [`compile_regex`].

@@ -66,7 +66,9 @@ impl Notes {
 
     pub fn per_filter_config<'a>(&mut self, names: impl Iterator<Item = &'a String>) {
         for n in names {
-            self.warn(format!("typed_per_filter_config for '{n}' has no effect: Remora does not implement that filter"));
+            self.warn(format!(
+                "typed_per_filter_config for '{n}' has no effect: Remora does not implement that filter"
+            ));
         }
     }
 }
@@ -76,28 +78,19 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
     let mut notes = Notes::default();
     let mut snapshot = Snapshot::default();
     if let Some(node) = &b.node {
-        snapshot.node = NodeInfo {
-            id: node.id.clone(),
-            cluster: node.cluster.clone(),
-        };
+        snapshot.node = NodeInfo { id: node.id.clone(), cluster: node.cluster.clone() };
     }
     if let Some(admin) = &b.admin {
         if let Some(addr) = &admin.address {
-            snapshot.admin_address = Some(
-                listener::socket_address(addr)
-                    .map_err(|e| e.within("address").for_resource("admin", "admin"))?,
-            );
+            snapshot.admin_address =
+                Some(listener::socket_address(addr).map_err(|e| e.within("address").for_resource("admin", "admin"))?);
         }
     }
     let sr = b.static_resources.clone().unwrap_or_default();
     for (i, c) in sr.clusters.iter().enumerate() {
-        let cluster = Cluster::from_proto(c, &mut notes)
-            .map_err(|e| within_index(e, "static_resources.clusters", i))?;
-        if snapshot
-            .clusters
-            .insert(cluster.name.clone(), Arc::new(cluster))
-            .is_some()
-        {
+        let cluster =
+            Cluster::from_proto(c, &mut notes).map_err(|e| within_index(e, "static_resources.clusters", i))?;
+        if snapshot.clusters.insert(cluster.name.clone(), Arc::new(cluster)).is_some() {
             return Err(ConfigError::new(
                 "cluster",
                 &c.name,
@@ -109,18 +102,12 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
     let mut names = HashSet::new();
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
     for (i, l) in sr.listeners.iter().enumerate() {
-        let listener = Listener::from_proto(l, &mut notes)
-            .map_err(|e| within_index(e, "static_resources.listeners", i))?;
+        let listener =
+            Listener::from_proto(l, &mut notes).map_err(|e| within_index(e, "static_resources.listeners", i))?;
         if !l.name.is_empty() && !names.insert(l.name.clone()) {
-            return Err(ConfigError::new(
-                "listener",
-                &l.name,
-                format!("static_resources.listeners[{i}].name"),
-                format!(
-                    "error adding listener named '{}': duplicate listener name",
-                    l.name
-                ),
-            ));
+            // Envoy keeps the first listener of a name and drops later ones without failing.
+            notes.warn(format!("duplicate listener '{}' (static_resources.listeners[{i}]) is ignored", l.name));
+            continue;
         }
         if listener.bind_to_port && listener.address.port() != 0 {
             if let Some(other) = addresses.insert(listener.address, l.name.clone()) {
@@ -147,10 +134,7 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
         for cluster in listener.tcp_clusters() {
             if !snapshot.clusters.contains_key(cluster) {
                 // Envoy resolves tcp_proxy clusters at connection time, so this is only a note.
-                notes.warn(format!(
-                    "listener '{}': tcp_proxy cluster '{cluster}' does not exist",
-                    l.name
-                ));
+                notes.warn(format!("listener '{}': tcp_proxy cluster '{cluster}' does not exist", l.name));
             }
         }
         snapshot.listeners.push(Arc::new(listener));
@@ -158,11 +142,9 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
     if !sr.secrets.is_empty() {
         notes.warn("static secrets are not implemented yet".into());
     }
+    check_referenced_paths(b)?;
     if b.dynamic_resources.is_some() {
-        notes.warn(
-            "dynamic_resources (xDS) are not implemented yet: only static resources are served"
-                .into(),
-        );
+        notes.warn("dynamic_resources (xDS) are not implemented yet: only static resources are served".into());
     }
     snapshot.notes = notes.list;
     Ok(snapshot)
@@ -176,10 +158,7 @@ fn within_index(mut e: ConfigError, list: &str, i: usize) -> ConfigError {
 /// A protobuf `Duration` as a std `Duration`; negative values are rejected as Envoy's PGV does.
 pub fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> FieldResult<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
-        return Err(FieldError::new(
-            "",
-            "value must be greater than or equal to 0s",
-        ));
+        return Err(FieldError::new("", "value must be greater than or equal to 0s"));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
@@ -192,14 +171,9 @@ pub fn data_source(ds: &DataSource) -> FieldResult<bytes::Bytes> {
         Some(Specifier::Filename(f)) => std::fs::read(f)
             .map(bytes::Bytes::from)
             .map_err(|e| FieldError::new("filename", format!("Invalid path: {f}: {e}"))),
-        Some(Specifier::EnvironmentVariable(v)) => {
-            std::env::var(v).map(bytes::Bytes::from).map_err(|_| {
-                FieldError::new(
-                    "environment_variable",
-                    format!("Environment variable doesn't exist: {v}"),
-                )
-            })
-        }
+        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
+            .map(bytes::Bytes::from)
+            .map_err(|_| FieldError::new("environment_variable", format!("Environment variable doesn't exist: {v}"))),
         None => Ok(bytes::Bytes::new()),
     }
 }
@@ -209,4 +183,57 @@ pub fn unpack<T: prost::Message + prost::Name + Default>(
     any: &envoy_types::pb::google::protobuf::Any,
 ) -> Result<T, String> {
     decode::unpack(any, decode::DecodeOptions::default()).map_err(|e| e.to_string())
+}
+
+/// The file a filesystem `ConfigSource` reads, if it is one.
+pub fn config_source_path(cs: &envoy_types::pb::envoy::config::core::v3::ConfigSource) -> Option<&str> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    match &cs.config_source_specifier {
+        Some(ConfigSourceSpecifier::Path(p)) => Some(p),
+        Some(ConfigSourceSpecifier::PathConfigSource(p)) => Some(&p.path),
+        _ => None,
+    }
+}
+
+/// Envoy refuses to start when a file it must watch does not exist.
+pub fn require_existing_path(path: &str) -> FieldResult<()> {
+    if std::path::Path::new(path).exists() {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "path",
+            format!("paths must refer to an existing path in the system: '{path}' does not exist"),
+        ))
+    }
+}
+
+fn check_referenced_paths(b: &Bootstrap) -> Result<(), ConfigError> {
+    use envoy_types::pb::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier;
+    if let Some(dr) = &b.dynamic_resources {
+        for (field, cs) in [("lds_config", &dr.lds_config), ("cds_config", &dr.cds_config)] {
+            if let Some(path) = cs.as_ref().and_then(config_source_path) {
+                require_existing_path(path).map_err(|e| {
+                    e.within(&format!("dynamic_resources.{field}")).for_resource("bootstrap", "dynamic_resources")
+                })?;
+            }
+        }
+    }
+    if let Some(rt) = &b.layered_runtime {
+        for (i, layer) in rt.layers.iter().enumerate() {
+            if let Some(LayerSpecifier::DiskLayer(d)) = &layer.layer_specifier {
+                if !d.symlink_root.is_empty() && !std::path::Path::new(&d.symlink_root).exists() {
+                    return Err(ConfigError::new(
+                        "runtime layer",
+                        &layer.name,
+                        format!("layered_runtime.layers[{i}].disk_layer.symlink_root"),
+                        format!(
+                            "unable to add filesystem watch for file {}: No such file or directory",
+                            d.symlink_root
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -10,12 +10,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::route::v3 as pb;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
-use envoy_types::pb::envoy::config::route::v3::redirect_action::{
-    PathRewriteSpecifier, SchemeRewriteSpecifier,
-};
-use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HostRewriteSpecifier,
-};
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{PathRewriteSpecifier, SchemeRewriteSpecifier};
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HostRewriteSpecifier};
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use http::header::HeaderName;
 use regex::Regex;
@@ -93,10 +89,20 @@ enum PathMatch {
 
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
-    pub name: HeaderName,
+    pub name: MatchName,
     kind: HeaderMatchKind,
     invert: bool,
     treat_missing_as_empty: bool,
+}
+
+/// A header or one of the HTTP/2 pseudo-headers Envoy lets routes match on.
+#[derive(Debug, Clone)]
+pub enum MatchName {
+    Header(HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
 }
 
 #[derive(Debug, Clone)]
@@ -230,9 +236,7 @@ impl RetryOn {
                 "unavailable" => r.grpc_unavailable = true,
                 // Envoy also ignores tokens it does not know (with a warning); these two depend on
                 // features (rate-limit headers, HTTP/3) Remora does not have, so they never fire.
-                other => notes.warn(format!(
-                    "retry_on '{other}' is not supported and is ignored"
-                )),
+                other => notes.warn(format!("retry_on '{other}' is not supported and is ignored")),
             }
         }
         r
@@ -276,6 +280,11 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    /// Path and query as received (the value of `:path`).
+    pub path_and_query: &'a str,
 }
 
 impl RouteTable {
@@ -309,12 +318,8 @@ impl RouteTable {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| {
-                    HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                        err(FieldError::new(
-                            format!("internal_only_headers[{i}]"),
-                            "invalid header name",
-                        ))
-                    })
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| err(FieldError::new(format!("internal_only_headers[{i}]"), "invalid header name")))
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -360,19 +365,12 @@ impl RouteTable {
                 }
             }
             if vh.domains.is_empty() {
-                return Err(err(FieldError::new(
-                    format!("{path}.domains"),
-                    "value must contain at least 1 item(s)",
-                )));
+                return Err(err(FieldError::new(format!("{path}.domains"), "value must contain at least 1 item(s)")));
             }
         }
         // Longest wildcard wins (Envoy's `findWildcardVirtualHost`).
-        table
-            .suffix_wildcards
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table
-            .prefix_wildcards
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffix_wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefix_wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         Ok(table)
     }
 
@@ -416,9 +414,7 @@ impl RouteTable {
                 let names: Vec<&str> = match &r.action {
                     RouteAction::Forward(f) => match &f.cluster {
                         ClusterTarget::Named(n) => vec![n.as_str()],
-                        ClusterTarget::Weighted(w) => {
-                            w.clusters.iter().map(|c| c.name.as_str()).collect()
-                        }
+                        ClusterTarget::Weighted(w) => w.clusters.iter().map(|c| c.name.as_str()).collect(),
                         ClusterTarget::Header(_) => vec![],
                     },
                     _ => vec![],
@@ -456,8 +452,7 @@ impl VirtualHost {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                Route::from_proto(r, retry_policy.as_ref(), notes)
-                    .map_err(|e| e.within(&format!("routes[{i}]")))
+                Route::from_proto(r, retry_policy.as_ref(), notes).map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<FieldResult<Vec<_>>>()?;
         if !vh.typed_per_filter_config.is_empty() {
@@ -496,45 +491,27 @@ impl VirtualHost {
 }
 
 impl Route {
-    fn from_proto(
-        r: &pb::Route,
-        vh_retry: Option<&Arc<RetryPolicy>>,
-        notes: &mut Notes,
-    ) -> FieldResult<Self> {
-        let matcher = RouteMatch::from_proto(
-            r.r#match
-                .as_ref()
-                .ok_or_else(|| FieldError::new("match", "value is required"))?,
-        )
-        .map_err(|e| e.within("match"))?;
+    fn from_proto(r: &pb::Route, vh_retry: Option<&Arc<RetryPolicy>>, notes: &mut Notes) -> FieldResult<Self> {
+        let matcher =
+            RouteMatch::from_proto(r.r#match.as_ref().ok_or_else(|| FieldError::new("match", "value is required"))?)
+                .map_err(|e| e.within("match"))?;
         let action = match &r.action {
             Some(pb::route::Action::Route(a)) => RouteAction::Forward(Box::new(
                 ForwardAction::from_proto(a, vh_retry, notes).map_err(|e| e.within("route"))?,
             )),
-            Some(pb::route::Action::Redirect(a)) => RouteAction::Redirect(
-                RedirectAction::from_proto(a).map_err(|e| e.within("redirect"))?,
-            ),
-            Some(pb::route::Action::DirectResponse(a)) => RouteAction::Direct(
-                DirectResponse::from_proto(a).map_err(|e| e.within("direct_response"))?,
-            ),
+            Some(pb::route::Action::Redirect(a)) => {
+                RouteAction::Redirect(RedirectAction::from_proto(a).map_err(|e| e.within("redirect"))?)
+            }
+            Some(pb::route::Action::DirectResponse(a)) => {
+                RouteAction::Direct(DirectResponse::from_proto(a).map_err(|e| e.within("direct_response"))?)
+            }
             Some(pb::route::Action::FilterAction(_)) => {
-                return Err(FieldError::new(
-                    "filter_action",
-                    "filter_action routes are not supported",
-                ))
+                return Err(FieldError::new("filter_action", "filter_action routes are not supported"))
             }
             Some(pb::route::Action::NonForwardingAction(_)) => {
-                return Err(FieldError::new(
-                    "non_forwarding_action",
-                    "non_forwarding_action routes are not supported",
-                ))
+                return Err(FieldError::new("non_forwarding_action", "non_forwarding_action routes are not supported"))
             }
-            None => {
-                return Err(FieldError::new(
-                    "action",
-                    "one of route, redirect or direct_response is required",
-                ))
-            }
+            None => return Err(FieldError::new("action", "one of route, redirect or direct_response is required")),
         };
         if !r.typed_per_filter_config.is_empty() {
             notes.per_filter_config(r.typed_per_filter_config.keys());
@@ -577,16 +554,10 @@ impl RouteMatch {
                 PathMatch::SeparatedPrefix(p.clone())
             }
             Some(PathSpecifier::ConnectMatcher(_)) => {
-                return Err(FieldError::new(
-                    "connect_matcher",
-                    "CONNECT matching is not supported",
-                ))
+                return Err(FieldError::new("connect_matcher", "CONNECT matching is not supported"))
             }
             Some(PathSpecifier::PathMatchPolicy(_)) => {
-                return Err(FieldError::new(
-                    "path_match_policy",
-                    "path templates are not supported",
-                ))
+                return Err(FieldError::new("path_match_policy", "path templates are not supported"))
             }
             None => {
                 return Err(FieldError::new(
@@ -611,9 +582,7 @@ impl RouteMatch {
             .headers
             .iter()
             .enumerate()
-            .map(|(i, h)| {
-                HeaderMatcher::from_proto(h).map_err(|e| e.within(&format!("headers[{i}]")))
-            })
+            .map(|(i, h)| HeaderMatcher::from_proto(h).map_err(|e| e.within(&format!("headers[{i}]"))))
             .collect::<FieldResult<Vec<_>>>()?;
         let query_parameters = m
             .query_parameters
@@ -621,63 +590,34 @@ impl RouteMatch {
             .enumerate()
             .map(|(i, q)| {
                 let matcher = match &q.query_parameter_match_specifier {
-                    Some(QueryParameterMatchSpecifier::StringMatch(s)) => {
-                        Some(StringMatcher::from_proto(s)?)
-                    }
+                    Some(QueryParameterMatchSpecifier::StringMatch(s)) => Some(StringMatcher::from_proto(s)?),
                     Some(QueryParameterMatchSpecifier::PresentMatch(_)) | None => None,
                 };
                 if q.name.is_empty() {
-                    return Err(FieldError::new(
-                        "name",
-                        "value length must be at least 1 characters",
-                    ));
+                    return Err(FieldError::new("name", "value length must be at least 1 characters"));
                 }
-                Ok(QueryParameterMatcher {
-                    name: q.name.clone(),
-                    matcher,
-                    present: true,
-                })
-                .map_err(|e: FieldError| e.within(&format!("query_parameters[{i}]")))
+                Ok(QueryParameterMatcher { name: q.name.clone(), matcher, present: true })
+                    .map_err(|e: FieldError| e.within(&format!("query_parameters[{i}]")))
             })
             .collect::<FieldResult<Vec<_>>>()?;
         if !m.cookies.is_empty() {
-            return Err(FieldError::new(
-                "cookies",
-                "cookie matching is not supported",
-            ));
+            return Err(FieldError::new("cookies", "cookie matching is not supported"));
         }
         if !m.dynamic_metadata.is_empty() {
-            return Err(FieldError::new(
-                "dynamic_metadata",
-                "dynamic metadata matching is not supported",
-            ));
+            return Err(FieldError::new("dynamic_metadata", "dynamic metadata matching is not supported"));
         }
         if m.tls_context.is_some() {
-            return Err(FieldError::new(
-                "tls_context",
-                "TLS context matching is not supported",
-            ));
+            return Err(FieldError::new("tls_context", "TLS context matching is not supported"));
         }
-        let runtime_fraction = m
-            .runtime_fraction
-            .as_ref()
-            .and_then(|f| f.default_value.as_ref())
-            .map(|p| {
-                let per_million = match p.denominator {
-                    0 => p.numerator.saturating_mul(10_000),
-                    1 => p.numerator.saturating_mul(100),
-                    _ => p.numerator,
-                };
-                per_million.min(1_000_000)
-            });
-        Ok(RouteMatch {
-            path,
-            case_sensitive,
-            headers,
-            query_parameters,
-            grpc: m.grpc.is_some(),
-            runtime_fraction,
-        })
+        let runtime_fraction = m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()).map(|p| {
+            let per_million = match p.denominator {
+                0 => p.numerator.saturating_mul(10_000),
+                1 => p.numerator.saturating_mul(100),
+                _ => p.numerator,
+            };
+            per_million.min(1_000_000)
+        });
+        Ok(RouteMatch { path, case_sensitive, headers, query_parameters, grpc: m.grpc.is_some(), runtime_fraction })
     }
 
     /// The part of the path a prefix rewrite replaces: the prefix (or whole path) matched.
@@ -702,8 +642,7 @@ impl RouteMatch {
             PathMatch::Exact(p) => path == p,
             PathMatch::Regex(r) => full_match(r, req.path),
             PathMatch::SeparatedPrefix(p) => {
-                path.starts_with(p.as_str())
-                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+                path.starts_with(p.as_str()) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
         };
         if !path_ok {
@@ -712,7 +651,7 @@ impl RouteMatch {
         if self.grpc && !is_grpc(req.headers) {
             return false;
         }
-        if !self.headers.iter().all(|h| h.matches(req.headers)) {
+        if !self.headers.iter().all(|h| h.matches(req)) {
             return false;
         }
         if !self.query_parameters.is_empty() {
@@ -749,15 +688,20 @@ fn query_value(query: &str, name: &str) -> Option<String> {
 
 impl HeaderMatcher {
     pub fn from_proto(h: &pb::HeaderMatcher) -> FieldResult<Self> {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| FieldError::new("name", format!("invalid header name '{}'", h.name)))?;
+        let name = match h.name.as_str() {
+            ":method" => MatchName::Method,
+            ":path" => MatchName::Path,
+            ":authority" | "host" => MatchName::Authority,
+            ":scheme" => MatchName::Scheme,
+            other => MatchName::Header(
+                HeaderName::from_bytes(other.as_bytes())
+                    .map_err(|_| FieldError::new("name", format!("invalid header name '{other}'")))?,
+            ),
+        };
         let string = |m: StringMatcher| HeaderMatchKind::String(m);
         let nonempty = |s: &String, f: &str| {
             if s.is_empty() {
-                Err(FieldError::new(
-                    f,
-                    "value length must be at least 1 characters",
-                ))
+                Err(FieldError::new(f, "value length must be at least 1 characters"))
             } else {
                 Ok(())
             }
@@ -767,21 +711,15 @@ impl HeaderMatcher {
             Some(HeaderMatchSpecifier::ExactMatch(s)) => string(StringMatcher::exact(s)),
             Some(HeaderMatchSpecifier::PrefixMatch(s)) => {
                 nonempty(s, "prefix_match")?;
-                string(StringMatcher::from_proto(&string_matcher_pb(
-                    Pattern::Prefix(s.clone()),
-                ))?)
+                string(StringMatcher::from_proto(&string_matcher_pb(Pattern::Prefix(s.clone())))?)
             }
             Some(HeaderMatchSpecifier::SuffixMatch(s)) => {
                 nonempty(s, "suffix_match")?;
-                string(StringMatcher::from_proto(&string_matcher_pb(
-                    Pattern::Suffix(s.clone()),
-                ))?)
+                string(StringMatcher::from_proto(&string_matcher_pb(Pattern::Suffix(s.clone())))?)
             }
             Some(HeaderMatchSpecifier::ContainsMatch(s)) => {
                 nonempty(s, "contains_match")?;
-                string(StringMatcher::from_proto(&string_matcher_pb(
-                    Pattern::Contains(s.clone()),
-                ))?)
+                string(StringMatcher::from_proto(&string_matcher_pb(Pattern::Contains(s.clone())))?)
             }
             Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => string(
                 StringMatcher::from_proto(&string_matcher_pb(Pattern::SafeRegex(r.clone())))
@@ -801,19 +739,28 @@ impl HeaderMatcher {
         })
     }
 
-    pub fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
-        let joined: Option<String> = match (values.next(), values.next()) {
-            (None, _) => None,
-            (Some(one), None) => Some(String::from_utf8_lossy(one.as_bytes()).into_owned()),
-            (Some(first), Some(second)) => {
-                // Envoy matches multi-valued headers on their comma-joined value.
-                let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
-                for v in std::iter::once(second).chain(values) {
-                    s.push(',');
-                    s.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let pseudo = |v: &str| Some(v.to_string());
+        let joined: Option<String> = match &self.name {
+            MatchName::Method => pseudo(req.method),
+            MatchName::Path => pseudo(req.path_and_query),
+            MatchName::Authority => pseudo(req.authority),
+            MatchName::Scheme => pseudo(req.scheme),
+            MatchName::Header(name) => {
+                let mut values = req.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => None,
+                    (Some(one), None) => Some(String::from_utf8_lossy(one.as_bytes()).into_owned()),
+                    (Some(first), Some(second)) => {
+                        // Envoy matches multi-valued headers on their comma-joined value.
+                        let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
+                        for v in std::iter::once(second).chain(values) {
+                            s.push(',');
+                            s.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        }
+                        Some(s)
+                    }
                 }
-                Some(s)
             }
         };
         let value = match joined {
@@ -824,9 +771,7 @@ impl HeaderMatcher {
         let result = match (&self.kind, value) {
             (HeaderMatchKind::Present(want), v) => return v.is_some() == (*want != self.invert),
             (_, None) => return false,
-            (HeaderMatchKind::Range(start, end), Some(v)) => {
-                v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
-            }
+            (HeaderMatchKind::Range(start, end), Some(v)) => v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end),
             (HeaderMatchKind::String(m), Some(v)) => m.matches(&v),
         };
         result != self.invert
@@ -848,42 +793,28 @@ fn string_matcher_pb(p: Pattern) -> envoy_types::pb::envoy::r#type::matcher::v3:
         Pattern::Contains(s) => MatchPattern::Contains(s),
         Pattern::SafeRegex(r) => MatchPattern::SafeRegex(r),
     });
-    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
-        match_pattern,
-        ignore_case: false,
-    }
+    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher { match_pattern, ignore_case: false }
 }
 
 impl ForwardAction {
-    fn from_proto(
-        a: &pb::RouteAction,
-        vh_retry: Option<&Arc<RetryPolicy>>,
-        notes: &mut Notes,
-    ) -> FieldResult<Self> {
+    fn from_proto(a: &pb::RouteAction, vh_retry: Option<&Arc<RetryPolicy>>, notes: &mut Notes) -> FieldResult<Self> {
         let cluster = match &a.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) => {
                 if c.is_empty() {
-                    return Err(FieldError::new(
-                        "cluster",
-                        "value length must be at least 1 characters",
-                    ));
+                    return Err(FieldError::new("cluster", "value length must be at least 1 characters"));
                 }
                 ClusterTarget::Named(c.clone())
             }
-            Some(ClusterSpecifier::ClusterHeader(h)) => {
-                ClusterTarget::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                    FieldError::new("cluster_header", format!("invalid header name '{h}'"))
-                })?)
-            }
+            Some(ClusterSpecifier::ClusterHeader(h)) => ClusterTarget::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| FieldError::new("cluster_header", format!("invalid header name '{h}'")))?,
+            ),
             Some(ClusterSpecifier::WeightedClusters(w)) => {
                 ClusterTarget::Weighted(weighted(w).map_err(|e| e.within("weighted_clusters"))?)
             }
             Some(ClusterSpecifier::ClusterSpecifierPlugin(_))
             | Some(ClusterSpecifier::InlineClusterSpecifierPlugin(_)) => {
-                return Err(FieldError::new(
-                    "cluster_specifier_plugin",
-                    "cluster specifier plugins are not supported",
-                ))
+                return Err(FieldError::new("cluster_specifier_plugin", "cluster specifier plugins are not supported"))
             }
             None => {
                 return Err(FieldError::new(
@@ -896,10 +827,8 @@ impl ForwardAction {
             .regex_rewrite
             .as_ref()
             .map(|r| {
-                let pattern = r
-                    .pattern
-                    .as_ref()
-                    .ok_or_else(|| FieldError::new("regex_rewrite.pattern", "value is required"))?;
+                let pattern =
+                    r.pattern.as_ref().ok_or_else(|| FieldError::new("regex_rewrite.pattern", "value is required"))?;
                 Ok::<_, FieldError>((
                     compile_search_regex(pattern).map_err(|e| e.within("regex_rewrite.pattern"))?,
                     rewrite_substitution(&r.substitution),
@@ -907,33 +836,21 @@ impl ForwardAction {
             })
             .transpose()?;
         if !a.prefix_rewrite.is_empty() && regex_rewrite.is_some() {
-            return Err(FieldError::new(
-                "regex_rewrite",
-                "Cannot specify both prefix_rewrite and regex_rewrite",
-            ));
+            return Err(FieldError::new("regex_rewrite", "Cannot specify both prefix_rewrite and regex_rewrite"));
         }
         if !a.path_rewrite.is_empty() || a.path_rewrite_policy.is_some() {
-            return Err(FieldError::new(
-                "path_rewrite",
-                "path template rewrites are not supported",
-            ));
+            return Err(FieldError::new("path_rewrite", "path template rewrites are not supported"));
         }
         let host_rewrite = match &a.host_rewrite_specifier {
             None => HostRewrite::None,
             Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => HostRewrite::Literal(h.clone()),
             Some(HostRewriteSpecifier::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
             Some(HostRewriteSpecifier::AutoHostRewrite(_)) => HostRewrite::None,
-            Some(HostRewriteSpecifier::HostRewriteHeader(h)) => {
-                HostRewrite::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                    FieldError::new("host_rewrite_header", format!("invalid header name '{h}'"))
-                })?)
-            }
-            Some(_) => {
-                return Err(FieldError::new(
-                    "host_rewrite_path_regex",
-                    "this host rewrite is not supported",
-                ))
-            }
+            Some(HostRewriteSpecifier::HostRewriteHeader(h)) => HostRewrite::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| FieldError::new("host_rewrite_header", format!("invalid header name '{h}'")))?,
+            ),
+            Some(_) => return Err(FieldError::new("host_rewrite_path_regex", "this host rewrite is not supported")),
         };
         // Envoy's default route timeout is 15 s; an explicit 0 disables it.
         let timeout = match &a.timeout {
@@ -948,9 +865,7 @@ impl ForwardAction {
             .map_err(|e| e.within("idle_timeout"))?
             .filter(|d| !d.is_zero());
         let retry_policy = match &a.retry_policy {
-            Some(r) => Some(Arc::new(
-                RetryPolicy::from_proto(r, notes).map_err(|e| e.within("retry_policy"))?,
-            )),
+            Some(r) => Some(Arc::new(RetryPolicy::from_proto(r, notes).map_err(|e| e.within("retry_policy"))?)),
             None => vh_retry.cloned(),
         };
         let hash_policy = a
@@ -971,15 +886,10 @@ impl ForwardAction {
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
         };
         if !a.request_mirror_policies.is_empty() {
-            notes.warn(
-                "route request_mirror_policies are not implemented: requests are not mirrored"
-                    .into(),
-            );
+            notes.warn("route request_mirror_policies are not implemented: requests are not mirrored".into());
         }
         if !a.rate_limits.is_empty() {
-            notes.warn(
-                "route rate_limits have no effect: Remora has no global rate-limit filter".into(),
-            );
+            notes.warn("route rate_limits have no effect: Remora has no global rate-limit filter".into());
         }
         if a.hedge_policy.is_some() {
             notes.warn("route hedge_policy is not implemented: requests are not hedged".into());
@@ -1023,10 +933,7 @@ fn rewrite_substitution(s: &str) -> String {
 
 fn weighted(w: &pb::WeightedCluster) -> FieldResult<WeightedClusters> {
     if w.clusters.is_empty() {
-        return Err(FieldError::new(
-            "clusters",
-            "value must contain at least 1 item(s)",
-        ));
+        return Err(FieldError::new("clusters", "value must contain at least 1 item(s)"));
     }
     let mut clusters = Vec::with_capacity(w.clusters.len());
     let mut total: u64 = 0;
@@ -1045,9 +952,7 @@ fn weighted(w: &pb::WeightedCluster) -> FieldResult<WeightedClusters> {
         let weight = u64::from(c.weight.as_ref().map_or(0, |w| w.value));
         total += weight;
         let host_rewrite = match &c.host_rewrite_specifier {
-            Some(
-                pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h),
-            ) => Some(h.clone()),
+            Some(pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
             None => None,
         };
         clusters.push(WeightedCluster {
@@ -1071,15 +976,9 @@ fn weighted(w: &pb::WeightedCluster) -> FieldResult<WeightedClusters> {
         });
     }
     if total == 0 {
-        return Err(FieldError::new(
-            "clusters",
-            "Sum of weights in the weighted_cluster must be greater than 0",
-        ));
+        return Err(FieldError::new("clusters", "Sum of weights in the weighted_cluster must be greater than 0"));
     }
-    Ok(WeightedClusters {
-        clusters,
-        total_weight: total,
-    })
+    Ok(WeightedClusters { clusters, total_weight: total })
 }
 
 fn hash_policy(h: &pb::route_action::HashPolicy) -> FieldResult<HashPolicy> {
@@ -1091,30 +990,14 @@ fn hash_policy(h: &pb::route_action::HashPolicy) -> FieldResult<HashPolicy> {
                 .map_err(|_| FieldError::new("header.header_name", "invalid header name"))?,
             terminal,
         },
-        Some(PolicySpecifier::Cookie(c)) => HashPolicy::Cookie {
-            name: c.name.clone(),
-            terminal,
-        },
-        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => {
-            HashPolicy::SourceIp { terminal }
-        }
+        Some(PolicySpecifier::Cookie(c)) => HashPolicy::Cookie { name: c.name.clone(), terminal },
+        Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashPolicy::SourceIp { terminal },
         Some(PolicySpecifier::ConnectionProperties(_)) => HashPolicy::SourceIp { terminal: false },
-        Some(PolicySpecifier::QueryParameter(q)) => HashPolicy::QueryParameter {
-            name: q.name.clone(),
-            terminal,
-        },
+        Some(PolicySpecifier::QueryParameter(q)) => HashPolicy::QueryParameter { name: q.name.clone(), terminal },
         Some(PolicySpecifier::FilterState(_)) => {
-            return Err(FieldError::new(
-                "filter_state",
-                "filter-state hashing is not supported",
-            ))
+            return Err(FieldError::new("filter_state", "filter-state hashing is not supported"))
         }
-        None => {
-            return Err(FieldError::new(
-                "policy_specifier",
-                "a hash policy specifier is required",
-            ))
-        }
+        None => return Err(FieldError::new("policy_specifier", "a hash policy specifier is required")),
     })
 }
 
@@ -1137,10 +1020,7 @@ impl RetryPolicy {
                     .map_err(|e| e.within("retry_back_off.base_interval"))?
                     .unwrap_or(Duration::from_millis(25));
                 if base.is_zero() {
-                    return Err(FieldError::new(
-                        "retry_back_off.base_interval",
-                        "value must be greater than 0s",
-                    ));
+                    return Err(FieldError::new("retry_back_off.base_interval", "value must be greater than 0s"));
                 }
                 let max = b
                     .max_interval
@@ -1161,34 +1041,22 @@ impl RetryPolicy {
         };
         let mut avoid_previous_hosts = false;
         for p in &r.retry_host_predicate {
-            if p.name == "envoy.retry_host_predicates.previous_hosts"
-                || p.name.ends_with("previous_hosts")
-            {
+            if p.name == "envoy.retry_host_predicates.previous_hosts" || p.name.ends_with("previous_hosts") {
                 avoid_previous_hosts = true;
             } else {
-                notes.warn(format!(
-                    "retry host predicate '{}' is not supported and is ignored",
-                    p.name
-                ));
+                notes.warn(format!("retry host predicate '{}' is not supported and is ignored", p.name));
             }
         }
         if r.retry_priority.is_some() {
-            notes.warn(
-                "retry_priority is not implemented: retries use the normal priority order".into(),
-            );
+            notes.warn("retry_priority is not implemented: retries use the normal priority order".into());
         }
         Ok(RetryPolicy {
             retry_on: RetryOn::parse(&r.retry_on, notes),
             num_retries: r.num_retries.as_ref().map_or(1, |n| n.value),
             per_try_timeout,
-            retriable_status_codes: r
-                .retriable_status_codes
-                .iter()
-                .filter_map(|c| u16::try_from(*c).ok())
-                .collect(),
+            retriable_status_codes: r.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
             avoid_previous_hosts,
-            host_selection_max_attempts: u32::try_from(r.host_selection_retry_max_attempts.max(1))
-                .unwrap_or(1),
+            host_selection_max_attempts: u32::try_from(r.host_selection_retry_max_attempts.max(1)).unwrap_or(1),
             base_interval,
             max_interval,
         })
@@ -1207,20 +1075,15 @@ impl RedirectAction {
             Some(PathRewriteSpecifier::PathRedirect(p)) => RedirectPath::Replace(p.clone()),
             Some(PathRewriteSpecifier::PrefixRewrite(p)) => RedirectPath::PrefixRewrite(p.clone()),
             Some(PathRewriteSpecifier::RegexRewrite(rr)) => {
-                let pattern = rr
-                    .pattern
-                    .as_ref()
-                    .ok_or_else(|| FieldError::new("regex_rewrite.pattern", "value is required"))?;
+                let pattern =
+                    rr.pattern.as_ref().ok_or_else(|| FieldError::new("regex_rewrite.pattern", "value is required"))?;
                 RedirectPath::RegexRewrite(
                     compile_search_regex(pattern).map_err(|e| e.within("regex_rewrite.pattern"))?,
                     rewrite_substitution(&rr.substitution),
                 )
             }
             Some(PathRewriteSpecifier::PathRewrite(_)) => {
-                return Err(FieldError::new(
-                    "path_rewrite",
-                    "path templates are not supported",
-                ))
+                return Err(FieldError::new("path_rewrite", "path templates are not supported"))
             }
         };
         let status = match r.response_code {
@@ -1250,18 +1113,11 @@ impl RedirectAction {
 impl DirectResponse {
     fn from_proto(d: &pb::DirectResponseAction) -> FieldResult<Self> {
         if !(200..600).contains(&d.status) {
-            return Err(FieldError::new(
-                "status",
-                format!("value must be inside range [200, 600), got {}", d.status),
-            ));
+            return Err(FieldError::new("status", format!("value must be inside range [200, 600), got {}", d.status)));
         }
-        let status = http::StatusCode::from_u16(d.status as u16)
-            .map_err(|_| FieldError::new("status", "invalid status"))?;
-        let body = d
-            .body
-            .as_ref()
-            .map(|b| super::data_source(b).map_err(|e| e.within("body")))
-            .transpose()?;
+        let status =
+            http::StatusCode::from_u16(d.status as u16).map_err(|_| FieldError::new("status", "invalid status"))?;
+        let body = d.body.as_ref().map(|b| super::data_source(b).map_err(|e| e.within("body"))).transpose()?;
         Ok(DirectResponse { status, body })
     }
 }

@@ -78,21 +78,14 @@ pub struct UpstreamTls {
 }
 
 /// `None` for plaintext (no socket or raw_buffer).
-pub fn downstream_from_transport_socket(
-    ts: &TransportSocket,
-) -> FieldResult<Option<DownstreamTls>> {
+pub fn downstream_from_transport_socket(ts: &TransportSocket) -> FieldResult<Option<DownstreamTls>> {
     let Some(any) = typed_config(ts)? else {
         return Ok(None);
     };
-    let ctx: pb::DownstreamTlsContext =
-        unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
-    let common = common(ctx.common_tls_context.as_ref())
-        .map_err(|e| e.within("typed_config.common_tls_context"))?;
+    let ctx: pb::DownstreamTlsContext = unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
+    let common = common(ctx.common_tls_context.as_ref()).map_err(|e| e.within("typed_config.common_tls_context"))?;
     if common.certificates.is_empty() && common.certificate_sds.is_empty() {
-        return Err(FieldError::new(
-            "typed_config.common_tls_context",
-            "No TLS certificates found for server context",
-        ));
+        return Err(FieldError::new("typed_config.common_tls_context", "No TLS certificates found for server context"));
     }
     Ok(Some(DownstreamTls {
         common,
@@ -104,39 +97,24 @@ pub fn upstream_from_transport_socket(ts: &TransportSocket) -> FieldResult<Optio
     let Some(any) = typed_config(ts)? else {
         return Ok(None);
     };
-    let ctx: pb::UpstreamTlsContext =
-        unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
-    let common = common(ctx.common_tls_context.as_ref())
-        .map_err(|e| e.within("typed_config.common_tls_context"))?;
-    Ok(Some(UpstreamTls {
-        common,
-        sni: Some(ctx.sni).filter(|s| !s.is_empty()),
-        auto_host_sni: ctx.auto_host_sni,
-    }))
+    let ctx: pb::UpstreamTlsContext = unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
+    let common = common(ctx.common_tls_context.as_ref()).map_err(|e| e.within("typed_config.common_tls_context"))?;
+    Ok(Some(UpstreamTls { common, sni: Some(ctx.sni).filter(|s| !s.is_empty()), auto_host_sni: ctx.auto_host_sni }))
 }
 
-fn typed_config(
-    ts: &TransportSocket,
-) -> FieldResult<Option<&envoy_types::pb::google::protobuf::Any>> {
+fn typed_config(ts: &TransportSocket) -> FieldResult<Option<&envoy_types::pb::google::protobuf::Any>> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name == "raw_buffer" {
             return Ok(None);
         }
-        return Err(FieldError::new(
-            "typed_config",
-            format!("transport socket '{}' needs a typed_config", ts.name),
-        ));
+        return Err(FieldError::new("typed_config", format!("transport socket '{}' needs a typed_config", ts.name)));
     };
-    let name = super::decode::effective_type_name(any)
-        .map_err(|e| FieldError::new("typed_config", e.to_string()))?;
+    let name = super::decode::effective_type_name(any).map_err(|e| FieldError::new("typed_config", e.to_string()))?;
     match name.as_str() {
         RAW_BUFFER => Ok(None),
         DOWNSTREAM | UPSTREAM => Ok(Some(any)),
-        other => Err(FieldError::new(
-            "typed_config",
-            format!("transport socket type {other} is not supported"),
-        )),
+        other => Err(FieldError::new("typed_config", format!("transport socket type {other} is not supported"))),
     }
 }
 
@@ -144,51 +122,47 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
     let Some(c) = c else {
         return Ok(CommonTls::default());
     };
-    let mut out = CommonTls {
-        alpn: c.alpn_protocols.clone(),
-        ..Default::default()
-    };
+    let mut out = CommonTls { alpn: c.alpn_protocols.clone(), ..Default::default() };
     for (i, cert) in c.tls_certificates.iter().enumerate() {
         let path = format!("tls_certificates[{i}]");
-        let chain = cert.certificate_chain.as_ref().ok_or_else(|| {
-            FieldError::new(format!("{path}.certificate_chain"), "value is required")
-        })?;
+        let chain = cert
+            .certificate_chain
+            .as_ref()
+            .ok_or_else(|| FieldError::new(format!("{path}.certificate_chain"), "value is required"))?;
         let key = cert
             .private_key
             .as_ref()
             .ok_or_else(|| FieldError::new(format!("{path}.private_key"), "value is required"))?;
         out.certificates.push(CertificateKey {
-            certificate_chain: data_source(chain)
-                .map_err(|e| e.within(&format!("{path}.certificate_chain")))?
-                .to_vec(),
-            private_key: data_source(key)
-                .map_err(|e| e.within(&format!("{path}.private_key")))?
-                .to_vec(),
+            certificate_chain: data_source(chain).map_err(|e| e.within(&format!("{path}.certificate_chain")))?.to_vec(),
+            private_key: data_source(key).map_err(|e| e.within(&format!("{path}.private_key")))?.to_vec(),
         });
     }
-    out.certificate_sds = c
-        .tls_certificate_sds_secret_configs
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    for (i, sds) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+        if let Some(path) = sds.sds_config.as_ref().and_then(super::config_source_path) {
+            super::require_existing_path(path)
+                .map_err(|e| e.within(&format!("tls_certificate_sds_secret_configs[{i}].sds_config")))?;
+        }
+        out.certificate_sds.push(sds.name.clone());
+    }
     match &c.validation_context_type {
         None => {}
         Some(ValidationContextType::ValidationContext(v)) => {
             out.validation = Some(validation(v).map_err(|e| e.within("validation_context"))?)
         }
         Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            if let Some(path) = s.sds_config.as_ref().and_then(super::config_source_path) {
+                super::require_existing_path(path).map_err(|e| e.within("validation_context_sds_secret_config.sds_config"))?;
+            }
             out.validation_sds = Some(s.name.clone())
         }
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             if let Some(d) = &cv.default_validation_context {
-                out.validation = Some(validation(d).map_err(|e| {
-                    e.within("combined_validation_context.default_validation_context")
-                })?);
+                out.validation = Some(
+                    validation(d).map_err(|e| e.within("combined_validation_context.default_validation_context"))?,
+                );
             }
-            out.validation_sds = cv
-                .validation_context_sds_secret_config
-                .as_ref()
-                .map(|s| s.name.clone());
+            out.validation_sds = cv.validation_context_sds_secret_config.as_ref().map(|s| s.name.clone());
         }
         Some(_) => {
             return Err(FieldError::new(
@@ -208,11 +182,7 @@ pub fn validation(v: &pb::CertificateValidationContext) -> FieldResult<Validatio
     let trusted_ca = v
         .trusted_ca
         .as_ref()
-        .map(|ds| {
-            data_source(ds)
-                .map(|b| b.to_vec())
-                .map_err(|e| e.within("trusted_ca"))
-        })
+        .map(|ds| data_source(ds).map(|b| b.to_vec()).map_err(|e| e.within("trusted_ca")))
         .transpose()?;
     let mut san_matchers = Vec::new();
     for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
@@ -229,10 +199,7 @@ pub fn validation(v: &pb::CertificateValidationContext) -> FieldResult<Validatio
             }
         };
         let matcher = m.matcher.as_ref().ok_or_else(|| {
-            FieldError::new(
-                format!("match_typed_subject_alt_names[{i}].matcher"),
-                "value is required",
-            )
+            FieldError::new(format!("match_typed_subject_alt_names[{i}].matcher"), "value is required")
         })?;
         san_matchers.push(SanMatcher {
             san_type,
@@ -244,15 +211,10 @@ pub fn validation(v: &pb::CertificateValidationContext) -> FieldResult<Validatio
     for (i, m) in v.match_subject_alt_names.iter().enumerate() {
         san_matchers.push(SanMatcher {
             san_type: SanType::Any,
-            matcher: StringMatcher::from_proto(m)
-                .map_err(|e| e.within(&format!("match_subject_alt_names[{i}]")))?,
+            matcher: StringMatcher::from_proto(m).map_err(|e| e.within(&format!("match_subject_alt_names[{i}]")))?,
         });
     }
-    Ok(Validation {
-        trusted_ca,
-        san_matchers,
-        allow_expired: v.allow_expired_certificate,
-    })
+    Ok(Validation { trusted_ca, san_matchers, allow_expired: v.allow_expired_certificate })
 }
 
 fn tls_version(v: i32) -> Option<TlsVersion> {

@@ -36,12 +36,8 @@ impl TcpProxyRuntime {
     }
 }
 
-pub async fn proxy<I>(
-    mut downstream: I,
-    rt: Arc<TcpProxyRuntime>,
-    _conn: &ConnInfo,
-    state: Arc<ProxyState>,
-) where
+pub async fn proxy<I>(mut downstream: I, rt: Arc<TcpProxyRuntime>, _conn: &ConnInfo, state: Arc<ProxyState>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     rt.cx_total.inc();

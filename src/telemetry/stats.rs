@@ -108,11 +108,7 @@ impl Store {
         let mut families: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
         let mut add = |name: &str, kind: &'static str, value: String| {
             let (family, labels) = prometheus_name(name);
-            families
-                .entry(family)
-                .or_insert_with(|| (kind, Vec::new()))
-                .1
-                .push(format!("{labels} {value}"));
+            families.entry(family).or_insert_with(|| (kind, Vec::new())).1.push(format!("{labels} {value}"));
         };
         for (k, c) in &inner.counters {
             add(k, "counter", c.get().to_string());
@@ -135,11 +131,7 @@ impl Store {
 
 /// `cluster.backend.upstream_rq_total` → (`envoy_cluster_upstream_rq_total`, `{envoy_cluster_name="backend"}`).
 fn prometheus_name(name: &str) -> (String, String) {
-    let sanitize = |s: &str| {
-        s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect::<String>()
-    };
+    let sanitize = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
     for (prefix, label) in [
         ("cluster.", "envoy_cluster_name"),
         ("http.", "envoy_http_conn_manager_prefix"),

@@ -20,19 +20,9 @@ pub fn inspect(buf: &[u8]) -> Option<Inspected> {
     let record_len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
     let Some(record) = buf.get(5..5 + record_len) else {
         // The whole first record is needed; the caller peeks again with more data.
-        return if buf.len() >= 16 * 1024 + 5 {
-            Some(Inspected {
-                tls: true,
-                ..Default::default()
-            })
-        } else {
-            None
-        };
+        return if buf.len() >= 16 * 1024 + 5 { Some(Inspected { tls: true, ..Default::default() }) } else { None };
     };
-    Some(parse_handshake(record).unwrap_or(Inspected {
-        tls: true,
-        ..Default::default()
-    }))
+    Some(parse_handshake(record).unwrap_or(Inspected { tls: true, ..Default::default() }))
 }
 
 fn parse_handshake(h: &[u8]) -> Option<Inspected> {
@@ -49,10 +39,7 @@ fn parse_handshake(h: &[u8]) -> Option<Inspected> {
     r.take(usize::from(cs))?;
     let comp = r.u8()?;
     r.take(usize::from(comp))?;
-    let mut out = Inspected {
-        tls: true,
-        ..Default::default()
-    };
+    let mut out = Inspected { tls: true, ..Default::default() };
     let ext_len = r.u16()?;
     let mut exts = Reader(r.take(usize::from(ext_len))?);
     while let (Some(kind), Some(len)) = (exts.u16(), exts.u16()) {
@@ -64,9 +51,7 @@ fn parse_handshake(h: &[u8]) -> Option<Inspected> {
                     let n = body.u16()?;
                     let name = body.take(usize::from(n))?;
                     if name_type == 0 {
-                        out.sni = std::str::from_utf8(name)
-                            .ok()
-                            .map(|s| s.to_ascii_lowercase());
+                        out.sni = std::str::from_utf8(name).ok().map(|s| s.to_ascii_lowercase());
                     }
                 }
             }

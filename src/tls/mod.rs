@@ -13,9 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::model::tls::{
-    CommonTls, DownstreamTls, SanMatcher, SanType, TlsVersion, UpstreamTls, Validation,
-};
+use crate::model::tls::{CommonTls, DownstreamTls, SanMatcher, SanType, TlsVersion, UpstreamTls, Validation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -73,9 +71,7 @@ fn roots(v: &Validation) -> Result<Option<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca) {
         let c = c.map_err(|e| TlsError::TrustedCa(e.to_string()))?;
-        store
-            .add(c)
-            .map_err(|e| TlsError::TrustedCa(e.to_string()))?;
+        store.add(c).map_err(|e| TlsError::TrustedCa(e.to_string()))?;
     }
     if store.is_empty() {
         return Err(TlsError::TrustedCa("no PEM certificate found".into()));
@@ -104,13 +100,8 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = match roots {
         Some(store) => {
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider());
-            let v = if t.require_client_certificate {
-                v
-            } else {
-                v.allow_unauthenticated()
-            };
-            builder
-                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+            let v = if t.require_client_certificate { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
         }
         None if t.require_client_certificate => {
             return Err(TlsError::Config(
@@ -119,11 +110,35 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    let mut cfg = builder.with_cert_resolver(Arc::new(FixedCert(certified_key(chain, key)?)));
     cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// Pairs a chain with its key. rustls's own pairing parses the leaf with webpki, which refuses
+/// X.509 v1 certificates that BoringSSL (and so Envoy) serves; only a real key mismatch is an error.
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    let ck = rustls::sign::CertifiedKey::new(chain, signing);
+    match ck.keys_match() {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::PrivateKey("the private key does not match the certificate".into()))
+        }
+        _ => Ok(Arc::new(ck)),
+    }
+}
+
+/// Serves one certificate whatever the ClientHello says.
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 /// A client config for a cluster's `UpstreamTlsContext`.
@@ -136,9 +151,7 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = match roots {
         Some(store) => builder.with_root_certificates(store),
         // Envoy without a validation context does not verify the server at all.
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
+        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
     };
     let mut cfg = match c.certificates.first() {
         Some(ck) => builder
@@ -153,13 +166,7 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
 /// The SNI to send: the configured one, else the IP/host the connection is for is not sent
 /// (Envoy sends no SNI unless configured or `auto_host_sni`).
 pub fn server_name(t: &UpstreamTls, host: Option<&str>) -> ServerName<'static> {
-    let name = t.sni.clone().or_else(|| {
-        if t.auto_host_sni {
-            host.map(str::to_string)
-        } else {
-            None
-        }
-    });
+    let name = t.sni.clone().or_else(|| if t.auto_host_sni { host.map(str::to_string) } else { None });
     name.and_then(|n| ServerName::try_from(n).ok())
         .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
 }
@@ -179,18 +186,9 @@ pub fn verify_san(cert_der: &[u8], matchers: &[SanMatcher]) -> bool {
     matchers.iter().any(|m| {
         san.value.general_names.iter().any(|g| {
             let (kind_ok, value) = match g {
-                GeneralName::DNSName(d) => (
-                    matches!(m.san_type, SanType::Dns | SanType::Any),
-                    d.to_string(),
-                ),
-                GeneralName::URI(u) => (
-                    matches!(m.san_type, SanType::Uri | SanType::Any),
-                    u.to_string(),
-                ),
-                GeneralName::RFC822Name(e) => (
-                    matches!(m.san_type, SanType::Email | SanType::Any),
-                    e.to_string(),
-                ),
+                GeneralName::DNSName(d) => (matches!(m.san_type, SanType::Dns | SanType::Any), d.to_string()),
+                GeneralName::URI(u) => (matches!(m.san_type, SanType::Uri | SanType::Any), u.to_string()),
+                GeneralName::RFC822Name(e) => (matches!(m.san_type, SanType::Email | SanType::Any), e.to_string()),
                 GeneralName::IPAddress(ip) => (
                     matches!(m.san_type, SanType::IpAddress | SanType::Any),
                     match ip.len() {
@@ -230,12 +228,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -243,12 +236,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

@@ -34,11 +34,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Timeout => f.write_str("connection timeout"),
-            ConnectError::Io(e) => write!(
-                f,
-                "delayed connect error: {}",
-                e.raw_os_error().unwrap_or(0)
-            ),
+            ConnectError::Io(e) => write!(f, "delayed connect error: {}", e.raw_os_error().unwrap_or(0)),
             ConnectError::BadAddress => f.write_str("invalid upstream address"),
         }
     }
@@ -75,11 +71,7 @@ impl hyper::rt::Read for CountedStream {
 }
 
 impl hyper::rt::Write for CountedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -133,15 +125,10 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or(ConnectError::BadAddress)?;
+            let addr: SocketAddr =
+                uri.authority().and_then(|a| a.as_str().parse().ok()).ok_or(ConnectError::BadAddress)?;
             let stream = this.connect_tcp(addr).await?;
-            Ok(CountedStream {
-                io: TokioIo::new(stream),
-                _active: GaugeGuard::new(&this.stats.cx_active),
-            })
+            Ok(CountedStream { io: TokioIo::new(stream), _active: GaugeGuard::new(&this.stats.cx_active) })
         })
     }
 }

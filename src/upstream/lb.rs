@@ -22,49 +22,26 @@ pub struct LbContext<'a> {
 
 #[derive(Debug)]
 pub enum Balancer {
-    RoundRobin {
-        schedule: Vec<usize>,
-        cursor: AtomicUsize,
-    },
-    LeastRequest {
-        choices: u32,
-    },
+    RoundRobin { schedule: Vec<usize>, cursor: AtomicUsize },
+    LeastRequest { choices: u32 },
     Random,
-    Ring {
-        ring: Vec<(u64, usize)>,
-    },
-    Maglev {
-        table: Vec<usize>,
-    },
+    Ring { ring: Vec<(u64, usize)> },
+    Maglev { table: Vec<usize> },
 }
 
 impl Balancer {
     pub fn build(policy: &LbPolicy, hosts: &[Arc<Host>]) -> Self {
         match policy {
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
-                let start = if hosts.is_empty() {
-                    0
-                } else {
-                    rand::rng().random_range(0..hosts.len().max(1))
-                };
-                Balancer::RoundRobin {
-                    schedule: smooth_weighted_schedule(hosts),
-                    cursor: AtomicUsize::new(start),
-                }
+                let start = if hosts.is_empty() { 0 } else { rand::rng().random_range(0..hosts.len().max(1)) };
+                Balancer::RoundRobin { schedule: smooth_weighted_schedule(hosts), cursor: AtomicUsize::new(start) }
             }
-            LbPolicy::LeastRequest { choice_count } => Balancer::LeastRequest {
-                choices: (*choice_count).max(2),
-            },
+            LbPolicy::LeastRequest { choice_count } => Balancer::LeastRequest { choices: (*choice_count).max(2) },
             LbPolicy::Random => Balancer::Random,
-            LbPolicy::RingHash {
-                minimum_ring_size,
-                maximum_ring_size,
-            } => Balancer::Ring {
-                ring: build_ring(hosts, *minimum_ring_size, *maximum_ring_size),
-            },
-            LbPolicy::Maglev { table_size } => Balancer::Maglev {
-                table: build_maglev(hosts, *table_size),
-            },
+            LbPolicy::RingHash { minimum_ring_size, maximum_ring_size } => {
+                Balancer::Ring { ring: build_ring(hosts, *minimum_ring_size, *maximum_ring_size) }
+            }
+            LbPolicy::Maglev { table_size } => Balancer::Maglev { table: build_maglev(hosts, *table_size) },
         }
     }
 
@@ -75,10 +52,7 @@ impl Balancer {
         let pick = match self {
             Balancer::RoundRobin { schedule, cursor } => {
                 let n = cursor.fetch_add(1, Ordering::Relaxed);
-                schedule
-                    .get(n % schedule.len().max(1))
-                    .copied()
-                    .unwrap_or(0)
+                schedule.get(n % schedule.len().max(1)).copied().unwrap_or(0)
             }
             Balancer::LeastRequest { choices } => {
                 let mut rng = rand::rng();
@@ -87,8 +61,7 @@ impl Balancer {
                     let candidate = rng.random_range(0..hosts.len());
                     // Weighted hosts compare active requests per unit of weight.
                     let cost = |i: usize| {
-                        (u64::from(hosts[i].active_requests()) + 1) * 1_000_000
-                            / u64::from(hosts[i].weight.max(1))
+                        (u64::from(hosts[i].active_requests()) + 1) * 1_000_000 / u64::from(hosts[i].weight.max(1))
                     };
                     if cost(candidate) < cost(best) {
                         best = candidate;
@@ -100,17 +73,11 @@ impl Balancer {
             Balancer::Ring { ring } => {
                 let h = ctx.hash.unwrap_or_else(|| rand::rng().random());
                 let i = ring.partition_point(|(p, _)| *p < h);
-                ring.get(i)
-                    .or(ring.first())
-                    .map(|(_, idx)| *idx)
-                    .unwrap_or(0)
+                ring.get(i).or(ring.first()).map(|(_, idx)| *idx).unwrap_or(0)
             }
             Balancer::Maglev { table } => {
                 let h = ctx.hash.unwrap_or_else(|| rand::rng().random());
-                table
-                    .get((h % table.len().max(1) as u64) as usize)
-                    .copied()
-                    .unwrap_or(0)
+                table.get((h % table.len().max(1) as u64) as usize).copied().unwrap_or(0)
             }
         };
         let host = hosts.get(pick)?;
@@ -141,15 +108,8 @@ fn smooth_weighted_schedule(hosts: &[Arc<Host>]) -> Vec<usize> {
     let total: i64 = weights.iter().sum();
     // Bound the schedule; beyond this the proportions are still exact to within 1/4096.
     let len = total.min(4096) as usize;
-    let scale = if total > 4096 {
-        4096.0 / total as f64
-    } else {
-        1.0
-    };
-    let weights: Vec<i64> = weights
-        .iter()
-        .map(|w| ((*w as f64 * scale).round() as i64).max(1))
-        .collect();
+    let scale = if total > 4096 { 4096.0 / total as f64 } else { 1.0 };
+    let weights: Vec<i64> = weights.iter().map(|w| ((*w as f64 * scale).round() as i64).max(1)).collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; hosts.len()];
     let mut schedule = Vec::with_capacity(len);
@@ -207,17 +167,11 @@ fn build_ring(hosts: &[Arc<Host>], min_size: u64, max_size: u64) -> Vec<(u64, us
         return vec![];
     }
     let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight.max(1))).sum();
-    let min_weight = hosts
-        .iter()
-        .map(|h| u64::from(h.weight.max(1)))
-        .min()
-        .unwrap_or(1);
+    let min_weight = hosts.iter().map(|h| u64::from(h.weight.max(1))).min().unwrap_or(1);
     // As Envoy: scale so the lightest host gets at least one entry and the ring has min_size entries,
     // capped at max_size.
     let scale = ((min_size as f64) / (total_weight as f64)).max(1.0 / min_weight as f64);
-    let size = ((total_weight as f64 * scale).ceil() as u64)
-        .min(max_size)
-        .max(hosts.len() as u64);
+    let size = ((total_weight as f64 * scale).ceil() as u64).min(max_size).max(hosts.len() as u64);
     let per_weight = size as f64 / total_weight as f64;
     let mut ring = Vec::with_capacity(size as usize);
     for (idx, h) in hosts.iter().enumerate() {
@@ -243,8 +197,7 @@ fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<usize> {
         .map(|h| {
             let key = h.address.to_string();
             let offset = (hash64(key.as_bytes()) % m as u64) as usize;
-            let skip =
-                (hash64(format!("{key}#skip").as_bytes()) % (m as u64 - 1).max(1)) as usize + 1;
+            let skip = (hash64(format!("{key}#skip").as_bytes()) % (m as u64 - 1).max(1)) as usize + 1;
             (offset, skip)
         })
         .collect();
@@ -285,12 +238,7 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, w)| {
-                Arc::new(Host::new(
-                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                    *w,
-                ))
-            })
+            .map(|(i, w)| Arc::new(Host::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap(), *w)))
             .collect()
     }
 
@@ -310,27 +258,18 @@ mod tests {
     fn ring_hash_and_maglev_are_sticky() {
         let hs = hosts(&[1, 1, 1, 1]);
         for policy in [
-            LbPolicy::RingHash {
-                minimum_ring_size: 1024,
-                maximum_ring_size: 8_388_608,
-            },
+            LbPolicy::RingHash { minimum_ring_size: 1024, maximum_ring_size: 8_388_608 },
             LbPolicy::Maglev { table_size: 65537 },
         ] {
             let b = Balancer::build(&policy, &hs);
-            let ctx = LbContext {
-                hash: Some(hash64(b"user-42")),
-                avoid: &[],
-            };
+            let ctx = LbContext { hash: Some(hash64(b"user-42")), avoid: &[] };
             let first = b.choose(&hs, &ctx).unwrap().address;
             for _ in 0..20 {
                 assert_eq!(b.choose(&hs, &ctx).unwrap().address, first);
             }
             let mut seen = std::collections::HashSet::new();
             for k in 0..200u32 {
-                let ctx = LbContext {
-                    hash: Some(hash64(&k.to_be_bytes())),
-                    avoid: &[],
-                };
+                let ctx = LbContext { hash: Some(hash64(&k.to_be_bytes())), avoid: &[] };
                 seen.insert(b.choose(&hs, &ctx).unwrap().address);
             }
             assert_eq!(seen.len(), 4, "{policy:?} spreads keys over all hosts");

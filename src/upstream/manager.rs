@@ -32,11 +32,7 @@ pub struct Host {
 
 impl Host {
     pub fn new(address: SocketAddr, weight: u32) -> Self {
-        Host {
-            address,
-            weight,
-            active: AtomicU32::new(0),
-        }
+        Host { address, weight, active: AtomicU32::new(0) }
     }
     pub fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
@@ -84,10 +80,7 @@ impl HostSet {
                 for a in addrs {
                     total += 1;
                     if ep.healthy {
-                        by_priority
-                            .entry(locality.priority)
-                            .or_default()
-                            .push(Arc::new(Host::new(a, ep.weight)));
+                        by_priority.entry(locality.priority).or_default().push(Arc::new(Host::new(a, ep.weight)));
                     }
                 }
             }
@@ -200,9 +193,7 @@ pub struct ClusterState {
 
 impl std::fmt::Debug for ClusterState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterState")
-            .field("name", &self.config.name)
-            .finish()
+        f.debug_struct("ClusterState").field("name", &self.config.name).finish()
     }
 }
 
@@ -219,15 +210,10 @@ impl ClusterState {
     /// first resolution) and then keep refreshing in the background.
     pub async fn new(config: Arc<Cluster>, store: &Store) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
-        let connector = Connector {
-            connect_timeout: config.connect_timeout,
-            stats: stats.conn.clone(),
-        };
+        let connector = Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone() };
         let build_client = |h2: bool| {
             let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(config.idle_timeout)
-                .pool_max_idle_per_host(usize::MAX)
-                .http2_only(h2);
+            b.pool_idle_timeout(config.idle_timeout).pool_max_idle_per_host(usize::MAX).http2_only(h2);
             b.build(connector.clone())
         };
         let h1 = build_client(false);
@@ -243,16 +229,13 @@ impl ClusterState {
         let resolved = resolve_all(&dns_names).await;
         let hosts = Arc::new(ArcSwap::from_pointee(HostSet::build(&config, &resolved)));
         let slots = match config.protocol {
-            UpstreamProtocol::Http1 => config
-                .circuit_breakers
-                .max_requests
-                .min(config.circuit_breakers.max_connections),
+            UpstreamProtocol::Http1 => {
+                config.circuit_breakers.max_requests.min(config.circuit_breakers.max_connections)
+            }
             _ => config.circuit_breakers.max_requests,
         };
         stats.membership_total.set(hosts.load().total as i64);
-        stats
-            .membership_healthy
-            .set(hosts.load().healthy_count() as i64);
+        stats.membership_healthy.set(hosts.load().healthy_count() as i64);
         let dns_task = (!dns_names.is_empty()).then(|| {
             let hosts = hosts.clone();
             let config = config.clone();
@@ -315,22 +298,20 @@ async fn resolve_all(names: &[EndpointAddress]) -> HashMap<EndpointAddress, Vec<
     let mut out = HashMap::new();
     for n in names {
         if let EndpointAddress::Dns { host, port } = n {
-            let addrs = match tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::lookup_host((host.as_str(), *port)),
-            )
-            .await
-            {
-                Ok(Ok(a)) => a.collect(),
-                Ok(Err(e)) => {
-                    tracing::warn!(host = %host, error = %e, "DNS resolution failed");
-                    vec![]
-                }
-                Err(_) => {
-                    tracing::warn!(host = %host, "DNS resolution timed out");
-                    vec![]
-                }
-            };
+            let addrs =
+                match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), *port)))
+                    .await
+                {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(e)) => {
+                        tracing::warn!(host = %host, error = %e, "DNS resolution failed");
+                        vec![]
+                    }
+                    Err(_) => {
+                        tracing::warn!(host = %host, "DNS resolution timed out");
+                        vec![]
+                    }
+                };
             out.insert(n.clone(), addrs);
         }
     }
