@@ -57,7 +57,9 @@ fn main() {
 
 /// Paths of every `.proto` under `dir`, relative to the include root `root`.
 fn collect_protos(dir: &Path, root: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -74,8 +76,7 @@ fn envoy_types_proto_dir() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let mut cmd = Command::new(cargo);
-    cmd.args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(Path::new(&manifest).join("Cargo.toml"));
+    cmd.args(["metadata", "--format-version", "1", "--manifest-path"]).arg(Path::new(&manifest).join("Cargo.toml"));
     if let Ok(target) = std::env::var("TARGET") {
         cmd.args(["--filter-platform", &target]);
     }
@@ -85,10 +86,7 @@ fn envoy_types_proto_dir() -> PathBuf {
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
     let packages = meta["packages"].as_array().expect("packages array");
-    let pkg = packages
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
-        .expect("envoy-types among the dependencies");
+    let pkg = packages.iter().find(|p| p["name"] == "envoy-types").expect("envoy-types among the dependencies");
     let manifest_path = pkg["manifest_path"].as_str().expect("manifest_path");
     let dir = Path::new(manifest_path).parent().expect("package dir").join("proto");
     println!("cargo:rerun-if-changed={}", dir.display());
