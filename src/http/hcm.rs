@@ -306,6 +306,9 @@ fn mutate_request_headers(req: &mut Request<Incoming>, hcm: &HcmRuntime, meta: &
         headers.remove(header::UPGRADE);
     }
     headers.remove(&KEEP_ALIVE);
+    // Envoy answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read), so
+    // the upstream never sees the expectation.
+    headers.remove(header::EXPECT);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.get(header::TE) {

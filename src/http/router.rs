@@ -25,7 +25,7 @@ use crate::model::route::{
 };
 use crate::state::ProxyState;
 use crate::upstream::lb::LbContext;
-use crate::upstream::manager::{ClusterState, HostRequestGuard};
+use crate::upstream::manager::{ClusterState, HostRequestGuard, SendError};
 
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
@@ -50,6 +50,7 @@ pub struct Selected<'a> {
 enum AttemptError {
     Connect(String),
     Reset,
+    Refused,
     PerTryTimeout,
 }
 
@@ -130,10 +131,11 @@ pub async fn forward(
     let max_attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
     let mut tried: Vec<SocketAddr> = Vec::new();
     let downstream_h2 = meta.version == Version::HTTP_2;
-    let use_h2 = cluster.uses_h2(downstream_h2);
-    let hash = hash_key(action, &original_headers, meta);
+    let hash = hash_key(action, &original_headers, parts.uri.query(), meta);
     let mut attempt = 0u32;
     let mut retries_taken = 0u32;
+    // Holds the current retry's slot in the `max_retries` budget until the next attempt or the end.
+    let mut _retry_guard: Option<RetryGuard> = None;
     loop {
         attempt += 1;
         let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) { &tried } else { &[] };
@@ -199,8 +201,6 @@ pub async fn forward(
             (None, None) => super::body::empty(),
         };
         let mut upstream_req = Request::from_parts(parts.clone(), body);
-        *upstream_req.uri_mut() = upstream_uri(host.address, &parts.uri);
-        *upstream_req.version_mut() = if use_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         if sel.vh.include_request_attempt_count {
             upstream_req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
@@ -208,7 +208,7 @@ pub async fn forward(
         let rq_active = crate::telemetry::stats::GaugeGuard::new(&cluster.stats.rq_active);
         let host_guard = host.start_request();
         let sent_at = Instant::now();
-        let send = cluster.client(downstream_h2).request(upstream_req);
+        let send = cluster.send(upstream_req, host.address, downstream_h2);
         let try_deadline = match (per_try, deadline) {
             (Some(p), Some(d)) => Some((sent_at + p).min(d)),
             (Some(p), None) => Some(sent_at + p),
@@ -240,11 +240,14 @@ pub async fn forward(
                 let status = resp.status();
                 cluster.stats.record_status(status.as_u16());
                 if let Some(r) = retry {
-                    if can_retry(retry) && should_retry_response(r, status, resp.headers()) && take_retry(&cluster, r) {
-                        retries_taken += 1;
-                        drop(resp);
-                        backoff(r, retries_taken).await;
-                        continue;
+                    if can_retry(retry) && should_retry_response(r, status, resp.headers()) {
+                        if let Some(guard) = take_retry(&cluster) {
+                            _retry_guard = Some(guard);
+                            retries_taken += 1;
+                            drop(resp);
+                            backoff(r, retries_taken).await;
+                            continue;
+                        }
                     }
                 }
                 if retries_taken > 0 && status.is_success() {
@@ -277,13 +280,15 @@ pub async fn forward(
                             || r.retry_on.reset_before_request
                     }
                     AttemptError::Reset => r.retry_on.reset || r.retry_on.five_xx,
+                    AttemptError::Refused => r.retry_on.refused_stream || r.retry_on.reset || r.retry_on.five_xx,
                     AttemptError::PerTryTimeout => r.retry_on.five_xx || r.retry_on.gateway_error,
                 });
                 if let AttemptError::PerTryTimeout = err {
                     cluster.stats.rq_per_try_timeout.inc();
                 }
                 if let (true, Some(r)) = (retryable && can_retry(retry), retry) {
-                    if take_retry(&cluster, r) {
+                    if let Some(guard) = take_retry(&cluster) {
+                        _retry_guard = Some(guard);
                         retries_taken += 1;
                         backoff(r, retries_taken).await;
                         continue;
@@ -301,7 +306,7 @@ pub async fn forward(
                         &original_headers,
                         weighted,
                     ),
-                    AttemptError::Reset => finish_local(
+                    AttemptError::Reset | AttemptError::Refused => finish_local(
                         StatusCode::SERVICE_UNAVAILABLE,
                         local_reply::RESET_BODY,
                         meta,
@@ -414,23 +419,11 @@ fn split_path_uri(uri: &Uri) -> (String, Option<String>) {
     (path.to_string(), uri.query().map(str::to_string))
 }
 
-fn upstream_uri(addr: SocketAddr, original: &Uri) -> Uri {
-    let pq = original.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(pq)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-fn classify(e: hyper_util::client::legacy::Error) -> AttemptError {
-    if e.is_connect() {
-        let detail =
-            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| "connection failure".into());
-        AttemptError::Connect(detail)
-    } else {
-        AttemptError::Reset
+fn classify(e: SendError) -> AttemptError {
+    match e {
+        SendError::Connect(detail) => AttemptError::Connect(detail),
+        SendError::Reset => AttemptError::Reset,
+        SendError::Refused => AttemptError::Refused,
     }
 }
 
@@ -459,19 +452,25 @@ fn should_retry_response(r: &RetryPolicy, status: StatusCode, headers: &http::He
     false
 }
 
-/// Takes a retry from the cluster's retry budget (`max_retries` circuit breaker).
-fn take_retry(cluster: &ClusterState, _r: &RetryPolicy) -> bool {
+/// Takes a retry from the cluster's `max_retries` circuit breaker; the retry counts as active
+/// until the returned guard drops (after its attempt).
+fn take_retry(cluster: &Arc<ClusterState>) -> Option<RetryGuard> {
     let active = cluster.active_retries.fetch_add(1, Ordering::Relaxed);
     if active >= cluster.config.circuit_breakers.max_retries {
         cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
         cluster.stats.rq_retry_overflow.inc();
-        return false;
+        return None;
     }
     cluster.stats.rq_retry.inc();
-    // The retry is "active" only while its backoff and attempt run; release it shortly after.
-    let cluster_retries = &cluster.active_retries;
-    cluster_retries.fetch_sub(1, Ordering::Relaxed);
-    true
+    Some(RetryGuard(cluster.clone()))
+}
+
+struct RetryGuard(Arc<ClusterState>);
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Envoy's jittered exponential back-off: uniform in [0, min(base·2^(n-1), max)].
@@ -482,7 +481,7 @@ async fn backoff(r: &RetryPolicy, n: u32) {
     tokio::time::sleep(Duration::from_millis(wait)).await;
 }
 
-fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, meta: &RequestMeta) -> Option<u64> {
+fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, query: Option<&str>, meta: &RequestMeta) -> Option<u64> {
     use crate::model::route::HashPolicy;
     use crate::upstream::lb::hash64;
     let mut combined: Option<u64> = None;
@@ -505,7 +504,7 @@ fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, meta: &RequestMet
                 *terminal,
             ),
             HashPolicy::QueryParameter { name, terminal } => {
-                (meta_query(headers, name).map(|v| hash64(v.as_bytes())), *terminal)
+                (query_value(query, name).map(|v| hash64(v.as_bytes())), *terminal)
             }
         };
         if let Some(h) = h {
@@ -521,8 +520,11 @@ fn hash_key(action: &ForwardAction, headers: &http::HeaderMap, meta: &RequestMet
     combined
 }
 
-fn meta_query(_headers: &http::HeaderMap, _name: &str) -> Option<String> {
-    None
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
 }
 
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {

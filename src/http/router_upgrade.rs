@@ -15,7 +15,7 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
     let Some(host) = cluster.choose_host(&LbContext::default()) else {
         return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::NO_HEALTHY_UPSTREAM, meta.grpc);
     };
-    let stream = match cluster.connector.connect_tcp(host.address).await {
+    let stream = match cluster.connector.connect(host.address, None).await {
         Ok(s) => s,
         Err(e) => {
             return local_reply::reply(
@@ -25,7 +25,7 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
             )
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(stream).await {
         Ok(x) => x,
         Err(_) => return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::RESET_BODY, meta.grpc),
     };

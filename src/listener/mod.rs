@@ -63,7 +63,12 @@ impl ListenerRuntime {
                     return Ok(ChainRuntime { config: fc.clone(), tls: None, terminal: Terminal::Closed(reason) });
                 }
                 Some(Err(e)) => {
-                    return Err(ConfigError::new("listener", &config.name, format!("{path}.transport_socket"), e.to_string()))
+                    return Err(ConfigError::new(
+                        "listener",
+                        &config.name,
+                        format!("{path}.transport_socket"),
+                        e.to_string(),
+                    ))
                 }
                 None => None,
             };

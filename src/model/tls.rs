@@ -152,7 +152,8 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
         }
         Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
             if let Some(path) = s.sds_config.as_ref().and_then(super::config_source_path) {
-                super::require_existing_path(path).map_err(|e| e.within("validation_context_sds_secret_config.sds_config"))?;
+                super::require_existing_path(path)
+                    .map_err(|e| e.within("validation_context_sds_secret_config.sds_config"))?;
             }
             out.validation_sds = Some(s.name.clone())
         }

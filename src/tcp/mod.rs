@@ -61,7 +61,7 @@ where
             cluster.stats.cx_none_healthy.inc();
             return;
         };
-        match cluster.connector.connect_tcp(host.address).await {
+        match cluster.connector.connect(host.address, None).await {
             Ok(s) => {
                 upstream = Some((s, host));
                 break;
@@ -71,12 +71,12 @@ where
             }
         }
     }
-    let Some((mut upstream, host)) = upstream else {
+    let Some((upstream, host)) = upstream else {
         rt.upstream_connect_fail.inc();
         return;
     };
+    let (mut upstream, _counted) = upstream.into_parts();
     let _host_guard = host.start_request();
-    let _active = crate::telemetry::stats::GaugeGuard::new(&cluster.stats.conn.cx_active);
     if copy_with_idle_timeout(&mut downstream, &mut upstream, rt.config.idle_timeout).await {
         rt.idle_timeout.inc();
     }

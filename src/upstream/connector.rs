@@ -1,5 +1,6 @@
-//! Opens upstream connections for hyper's pooled client: TCP with the cluster's connect timeout,
-//! TCP_NODELAY, and a gauge of open connections.
+//! Opens upstream connections: TCP with the cluster's connect timeout and TCP_NODELAY, then TLS
+//! when the cluster has an `UpstreamTlsContext`; every open connection is counted in the cluster's
+//! `upstream_cx_active` gauge until it closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,9 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use crate::model::tls::UpstreamTls;
 use crate::telemetry::stats::{Counter, Gauge, GaugeGuard};
 
 /// Per-cluster connection stats shared by the connector and the cluster state.
@@ -27,6 +30,7 @@ pub struct ConnStats {
 pub enum ConnectError {
     Timeout,
     Io(std::io::Error),
+    Tls(std::io::Error),
     BadAddress,
 }
 
@@ -35,6 +39,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout => f.write_str("connection timeout"),
             ConnectError::Io(e) => write!(f, "delayed connect error: {}", e.raw_os_error().unwrap_or(0)),
+            ConnectError::Tls(e) => write!(f, "TLS_error: {e}"),
             ConnectError::BadAddress => f.write_str("invalid upstream address"),
         }
     }
@@ -42,21 +47,61 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// The TLS side of a cluster: a client config built once, plus the context for SNI choice.
+#[derive(Clone)]
+pub struct UpstreamTlsConfig {
+    pub client: Arc<rustls::ClientConfig>,
+    pub context: Arc<UpstreamTls>,
+}
+
+impl std::fmt::Debug for UpstreamTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsConfig").field("sni", &self.context.sni).finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Connector {
     pub connect_timeout: Duration,
     pub stats: ConnStats,
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
-/// A TCP stream that keeps the cluster's `upstream_cx_active` gauge up while open.
+/// An upstream connection, plaintext or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An upstream connection that keeps `upstream_cx_active` up while open.
 pub struct CountedStream {
-    io: TokioIo<TcpStream>,
+    io: hyper_util::rt::TokioIo<UpstreamStream>,
     _active: GaugeGuard,
+}
+
+impl CountedStream {
+    /// The tokio stream and the guard that keeps the connection counted, for L4 proxying.
+    pub fn into_parts(self) -> (UpstreamStream, GaugeGuard) {
+        (self.io.into_inner(), self._active)
+    }
+
+    /// The ALPN protocol the upstream chose, if TLS.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self.io.inner() {
+            UpstreamStream::Tls(t) => t.get_ref().1.alpn_protocol(),
+            UpstreamStream::Plain(_) => None,
+        }
+    }
 }
 
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        let c = Connected::new();
+        if self.alpn() == Some(b"h2") {
+            c.negotiated_h2()
+        } else {
+            c
+        }
     }
 }
 
@@ -92,7 +137,79 @@ impl hyper::rt::Write for CountedStream {
     }
 }
 
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            UpstreamStream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            UpstreamStream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 impl Connector {
+    /// TCP (and TLS, if configured) to `addr`; `host` is the logical name for auto SNI.
+    pub async fn connect(&self, addr: SocketAddr, host: Option<&str>) -> Result<CountedStream, ConnectError> {
+        let tcp = self.connect_tcp(addr).await?;
+        let io = match &self.tls {
+            None => UpstreamStream::Plain(tcp),
+            Some(t) => {
+                let name = crate::tls::server_name(&t.context, host);
+                let connector = tokio_rustls::TlsConnector::from(t.client.clone());
+                match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+                    Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        self.stats.cx_connect_fail.inc();
+                        return Err(ConnectError::Tls(e));
+                    }
+                    Err(_) => {
+                        self.stats.cx_connect_fail.inc();
+                        self.stats.cx_connect_timeout.inc();
+                        return Err(ConnectError::Timeout);
+                    }
+                }
+            }
+        };
+        Ok(CountedStream { io: hyper_util::rt::TokioIo::new(io), _active: GaugeGuard::new(&self.stats.cx_active) })
+    }
+
+    /// A plain TCP connection within the connect timeout.
     pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         self.stats.cx_total.inc();
         match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -113,10 +230,11 @@ impl Connector {
     }
 }
 
+/// hyper's pooled HTTP/1.1 client dials through this: the URI authority is the endpoint address.
 impl tower::Service<http::Uri> for Connector {
     type Response = CountedStream;
     type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<CountedStream, ConnectError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -127,8 +245,7 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let addr: SocketAddr =
                 uri.authority().and_then(|a| a.as_str().parse().ok()).ok_or(ConnectError::BadAddress)?;
-            let stream = this.connect_tcp(addr).await?;
-            Ok(CountedStream { io: TokioIo::new(stream), _active: GaugeGuard::new(&this.stats.cx_active) })
+            this.connect(addr, None).await
         })
     }
 }

@@ -176,12 +176,21 @@ impl ClusterStats {
     }
 }
 
+/// Why an upstream request got no response headers.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(String),
+    Reset,
+    /// The stream was refused before the upstream processed it (safe to retry).
+    Refused,
+}
+
 /// Runtime state of one cluster.
 pub struct ClusterState {
     pub config: Arc<Cluster>,
     hosts: Arc<ArcSwap<HostSet>>,
-    pub h1: HttpClient,
-    pub h2: HttpClient,
+    h1: HttpClient,
+    h2: super::h2pool::H2Pool,
     pub connector: Connector,
     pub stats: ClusterStats,
     /// Circuit breakers: concurrent requests (waiting here is "pending").
@@ -210,14 +219,28 @@ impl ClusterState {
     /// first resolution) and then keep refreshing in the background.
     pub async fn new(config: Arc<Cluster>, store: &Store) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
-        let connector = Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone() };
-        let build_client = |h2: bool| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(config.idle_timeout).pool_max_idle_per_host(usize::MAX).http2_only(h2);
-            b.build(connector.clone())
+        let tls = config.tls.as_ref().map(|t| {
+            let mut ctx = (**t).clone();
+            // Envoy offers ALPN h2 to HTTP/2 clusters over TLS when none is configured.
+            if ctx.common.alpn.is_empty() && config.protocol == UpstreamProtocol::Http2 {
+                ctx.common.alpn = vec!["h2".into()];
+            }
+            crate::tls::client_config(&ctx)
+                .map(|client| super::connector::UpstreamTlsConfig { client, context: Arc::new(ctx) })
+        });
+        let tls = match tls.transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                // Validated at load time; a failure here means the material changed on disk.
+                tracing::error!(cluster = %config.name, error = %e, "upstream TLS context unusable; the cluster will fail requests");
+                None
+            }
         };
-        let h1 = build_client(false);
-        let h2 = build_client(true);
+        let connector = Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone(), tls };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(config.idle_timeout).pool_max_idle_per_host(usize::MAX);
+        let h1 = b.build(connector.clone());
+        let h2 = super::h2pool::H2Pool::new(connector.clone());
         let dns_names: Vec<EndpointAddress> = config
             .load_assignment
             .localities
@@ -278,13 +301,55 @@ impl ClusterState {
         self.hosts.load().choose(ctx)
     }
 
-    /// The pooled client for a request arriving over `downstream_h2`.
-    pub fn client(&self, downstream_h2: bool) -> &HttpClient {
-        match self.config.protocol {
-            UpstreamProtocol::Http1 => &self.h1,
-            UpstreamProtocol::Http2 => &self.h2,
-            UpstreamProtocol::UseDownstream if downstream_h2 => &self.h2,
-            UpstreamProtocol::UseDownstream => &self.h1,
+    /// Sends a request to `addr` over the cluster's pooled connections. `req`'s URI carries only
+    /// the path; the authority comes from its `Host` header.
+    pub async fn send(
+        &self,
+        mut req: http::Request<UpstreamBody>,
+        addr: SocketAddr,
+        downstream_h2: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        if self.uses_h2(downstream_h2) {
+            let host = req.headers_mut().remove(http::header::HOST);
+            let authority = host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| addr.to_string());
+            let mut sender =
+                self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.to_string()))?;
+            *req.uri_mut() = http::Uri::builder()
+                .scheme(if self.config.tls.is_some() { "https" } else { "http" })
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+                .map_err(|_| SendError::Reset)?;
+            *req.version_mut() = http::Version::HTTP_2;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| if e.is_canceled() { SendError::Refused } else { SendError::Reset })
+        } else {
+            *req.uri_mut() = http::Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query(pq.as_str())
+                .build()
+                .map_err(|_| SendError::Reset)?;
+            *req.version_mut() = http::Version::HTTP_11;
+            self.h1.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "connection failure".into()),
+                    )
+                } else {
+                    SendError::Reset
+                }
+            })
         }
     }
 
