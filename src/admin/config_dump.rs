@@ -38,7 +38,8 @@ pub fn render(state: &ProxyState, resource: Option<&str>) -> Result<serde_json::
             .collect(),
         ..Default::default()
     };
-    let dump = admin::ConfigDump { configs: vec![any(&clusters), any(&listeners)] };
+    let bootstrap = admin::BootstrapConfigDump { bootstrap: snap.bootstrap.as_deref().cloned(), last_updated: None };
+    let dump = admin::ConfigDump { configs: vec![any(&bootstrap), any(&clusters), any(&listeners)] };
     let mut json = decode::to_json(&dump).map_err(|e| e.to_string())?;
     if let Some(kind) = resource {
         // `?resource=static_clusters` and friends: flatten into {"configs": [...]} of that field.

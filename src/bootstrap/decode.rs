@@ -7,7 +7,7 @@
 //!
 //! Owns: the descriptor pool and message decoding. Must not interpret what a message means.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -36,13 +36,25 @@ pub struct DecodeOptions {
 }
 
 /// The Envoy v3 API (and Remora's own `proto/` types) as a reflection pool, decoded once.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
+///
+/// The pool is only needed while reading JSON/YAML config (and for `/config_dump`); a running
+/// proxy releases it with [`release_pool`] so its ~10 MB do not stay resident, and the next caller
+/// decodes it again (30–50 ms).
+pub fn pool() -> DescriptorPool {
+    let mut slot = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    slot.get_or_insert_with(|| {
         // The descriptor set is produced by build.rs from the same protos envoy-types was generated
         // from; failing to decode it is a build defect, not something input can cause.
         DescriptorPool::decode(DESCRIPTOR_SET).expect("descriptor set built by build.rs is valid")
     })
+    .clone()
+}
+
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
+
+/// Drops the cached pool; it is freed once no descriptor obtained from it is alive.
+pub fn release_pool() {
+    POOL.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
 
 /// The descriptor of a fully-qualified message name.

@@ -39,6 +39,7 @@ pub struct HcmStats {
     pub rq_direct_response: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
     pub rq_timeout: Arc<Counter>,
+    pub cx_upgrades_total: Arc<Counter>,
 }
 
 impl HcmStats {
@@ -61,6 +62,7 @@ impl HcmStats {
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
             rq_timeout: c("downstream_rq_timeout"),
+            cx_upgrades_total: c("downstream_cx_upgrades_total"),
         }
     }
 

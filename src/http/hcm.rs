@@ -130,7 +130,17 @@ pub async fn handle(
     mutate_request_headers(&mut req, &hcm, &meta);
     let request_id = req.headers().get(&X_REQUEST_ID).cloned();
 
-    let mut resp = route_and_forward(req, &hcm, &meta, &state).await;
+    let mut resp = match cfg.request_timeout {
+        // Envoy's request_timeout covers the whole stream; on expiry the client gets a 408.
+        Some(t) => match tokio::time::timeout(t, route_and_forward(req, &hcm, &meta, &state)).await {
+            Ok(r) => r,
+            Err(_) => {
+                hcm.stats.rq_timeout.inc();
+                local_reply::reply(StatusCode::REQUEST_TIMEOUT, "request timeout", meta.grpc)
+            }
+        },
+        None => route_and_forward(req, &hcm, &meta, &state).await,
+    };
 
     let headers = resp.headers_mut();
     match cfg.server_header {

@@ -89,8 +89,9 @@ fn percent_encode_grpc(s: &str) -> String {
 pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 
-pub fn connect_failure_body(detail: &str) -> String {
-    format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {detail}")
+/// `reason` is Envoy's reset reason: `remote connection failure`, `connection timeout`, …
+pub fn connect_failure_body(reason: &str) -> String {
+    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
 }
 
 pub const OVERFLOW_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";

@@ -48,7 +48,7 @@ pub struct Selected<'a> {
 }
 
 enum AttemptError {
-    Connect(String),
+    Connect(&'static str),
     Reset,
     Refused,
     PerTryTimeout,
@@ -84,7 +84,11 @@ pub async fn forward(
         if !action.websocket.unwrap_or(hcm.config.websocket) {
             return local_reply::reply(StatusCode::FORBIDDEN, "", meta.grpc);
         }
-        return super::router_upgrade::tunnel(req, &cluster, meta).await;
+        let resp = super::router_upgrade::tunnel(req, &cluster, meta).await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            hcm.stats.cx_upgrades_total.inc();
+        }
+        return resp;
     }
     let suppress = hcm
         .config
@@ -92,8 +96,20 @@ pub async fn forward(
         .iter()
         .any(|f| matches!(f, crate::model::hcm::HttpFilter::Router(r) if r.suppress_envoy_headers));
     let (mut parts, body) = req.into_parts();
-    let original_headers = parts.headers.clone();
     rewrite_request(&mut parts, &sel, weighted, action, meta, &cluster_name);
+    // Response header formats (`%REQ(...)%`) read the request as sent upstream; keep a copy only
+    // when some response mutation needs it.
+    let response_levels = [
+        weighted.map(|w| &w.response_headers),
+        Some(&sel.route.response_headers),
+        Some(&sel.vh.response_headers),
+        Some(&sel.table.response_headers),
+    ];
+    let original_headers = if response_levels.iter().flatten().any(|m| m.needs_context()) {
+        parts.headers.clone()
+    } else {
+        http::HeaderMap::new()
+    };
 
     let retry = action.retry_policy.as_deref();
     let timeout = action.timeout;
@@ -109,10 +125,7 @@ pub async fn forward(
     }
 
     // A retried request must be resent, so its body is buffered (bounded); otherwise it streams.
-    let has_body = !matches!(parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()), Some("0"))
-        && !(parts.method == http::Method::GET || parts.method == http::Method::HEAD)
-        || parts.headers.contains_key(header::CONTENT_LENGTH)
-            && parts.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let has_body = !http_body::Body::is_end_stream(&body);
     let mut streaming: Option<Incoming> = None;
     let replay: Option<Bytes> = if retry.is_some() && has_body {
         match Limited::new(body, RETRY_BUFFER_LIMIT).collect().await {
@@ -131,7 +144,9 @@ pub async fn forward(
     let max_attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
     let mut tried: Vec<SocketAddr> = Vec::new();
     let downstream_h2 = meta.version == Version::HTTP_2;
-    let hash = hash_key(action, &original_headers, parts.uri.query(), meta);
+    let hash =
+        if action.hash_policy.is_empty() { None } else { hash_key(action, &parts.headers, parts.uri.query(), meta) };
+    let mut parts = Some(parts);
     let mut attempt = 0u32;
     let mut retries_taken = 0u32;
     // Holds the current retry's slot in the `max_retries` budget until the next attempt or the end.
@@ -150,7 +165,9 @@ pub async fn forward(
                 weighted,
             );
         };
-        tried.push(host.address);
+        if retry.is_some() {
+            tried.push(host.address);
+        }
         // Circuit breaker: a free request slot, or a bounded wait as a pending request.
         let permit = match cluster.request_slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -200,7 +217,15 @@ pub async fn forward(
             (None, Some(s)) => boxed(s),
             (None, None) => super::body::empty(),
         };
-        let mut upstream_req = Request::from_parts(parts.clone(), body);
+        // The last possible attempt takes the request head; earlier ones send a copy.
+        let head = match (attempt < max_attempts, parts.as_ref()) {
+            (true, Some(p)) => p.clone(),
+            _ => match parts.take() {
+                Some(p) => p,
+                None => return local_reply::reply(StatusCode::INTERNAL_SERVER_ERROR, "", meta.grpc),
+            },
+        };
+        let mut upstream_req = Request::from_parts(head, body);
         if sel.vh.include_request_attempt_count {
             upstream_req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
@@ -221,6 +246,7 @@ pub async fn forward(
                 Err(_) if per_try_is_binding => Err(AttemptError::PerTryTimeout),
                 Err(_) => {
                     cluster.stats.rq_timeout.inc();
+                    cluster.stats.record_status(504);
                     hcm.stats.rq_timeout.inc();
                     return finish_local(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -238,18 +264,23 @@ pub async fn forward(
         match outcome {
             Ok(resp) => {
                 let status = resp.status();
-                cluster.stats.record_status(status.as_u16());
                 if let Some(r) = retry {
-                    if can_retry(retry) && should_retry_response(r, status, resp.headers()) {
-                        if let Some(guard) = take_retry(&cluster) {
-                            _retry_guard = Some(guard);
-                            retries_taken += 1;
-                            drop(resp);
-                            backoff(r, retries_taken).await;
-                            continue;
+                    if should_retry_response(r, status, resp.headers()) {
+                        if can_retry(retry) {
+                            if let Some(guard) = take_retry(&cluster) {
+                                cluster.stats.record_retried_status(status.as_u16());
+                                _retry_guard = Some(guard);
+                                retries_taken += 1;
+                                drop(resp);
+                                backoff(r, retries_taken).await;
+                                continue;
+                            }
+                        } else if attempt >= max_attempts {
+                            cluster.stats.rq_retry_limit_exceeded.inc();
                         }
                     }
                 }
+                cluster.stats.record_status(status.as_u16());
                 if retries_taken > 0 && status.is_success() {
                     cluster.stats.rq_retry_success.inc();
                 }
@@ -286,21 +317,26 @@ pub async fn forward(
                 if let AttemptError::PerTryTimeout = err {
                     cluster.stats.rq_per_try_timeout.inc();
                 }
+                // Envoy charges upstream failures as the code it answers with: 504 for a timeout,
+                // 503 for a reset or a failed connection.
+                let charged = if matches!(err, AttemptError::PerTryTimeout) { 504 } else { 503 };
                 if let (true, Some(r)) = (retryable && can_retry(retry), retry) {
                     if let Some(guard) = take_retry(&cluster) {
+                        cluster.stats.record_retried_status(charged);
                         _retry_guard = Some(guard);
                         retries_taken += 1;
                         backoff(r, retries_taken).await;
                         continue;
                     }
                 }
-                if retry.is_some() && attempt >= max_attempts {
+                if retryable && attempt >= max_attempts {
                     cluster.stats.rq_retry_limit_exceeded.inc();
                 }
+                cluster.stats.record_status(charged);
                 return match err {
                     AttemptError::Connect(detail) => finish_local(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &local_reply::connect_failure_body(&detail),
+                        &local_reply::connect_failure_body(detail),
                         meta,
                         &sel,
                         &original_headers,
@@ -353,6 +389,13 @@ fn rewrite_request(
     meta: &RequestMeta,
     cluster: &str,
 ) {
+    if action.prefix_rewrite.is_some() || action.regex_rewrite.is_some() {
+        rewrite_path(parts, sel, action);
+    }
+    rewrite_host_and_headers(parts, sel, weighted, action, meta, cluster);
+}
+
+fn rewrite_path(parts: &mut http::request::Parts, sel: &Selected<'_>, action: &ForwardAction) {
     let (path, query) = split_path_uri(&parts.uri);
     let new_path = if let Some(prefix) = &action.prefix_rewrite {
         Some(rewrite_prefix(&path, sel.route.matcher.rewrite_prefix(), prefix))
@@ -372,6 +415,16 @@ fn rewrite_request(
             }
         }
     }
+}
+
+fn rewrite_host_and_headers(
+    parts: &mut http::request::Parts,
+    sel: &Selected<'_>,
+    weighted: Option<&WeightedCluster>,
+    action: &ForwardAction,
+    meta: &RequestMeta,
+    cluster: &str,
+) {
     let new_host = match (weighted.and_then(|w| w.host_rewrite.as_ref()), &action.host_rewrite) {
         (Some(h), _) => Some(h.clone()),
         (None, HostRewrite::Literal(h)) => Some(h.clone()),

@@ -20,7 +20,7 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
         Err(e) => {
             return local_reply::reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &local_reply::connect_failure_body(&e.to_string()),
+                &local_reply::connect_failure_body(e.reset_reason()),
                 meta.grpc,
             )
         }
@@ -37,8 +37,12 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
     let mut up = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
     *up.version_mut() = http::Version::HTTP_11;
     *up.uri_mut() = up.uri().path_and_query().map(|pq| pq.as_str().parse().unwrap_or_default()).unwrap_or_default();
+    cluster.stats.rq_total.inc();
     let mut resp = match sender.send_request(up).await {
-        Ok(r) => r,
+        Ok(r) => {
+            cluster.stats.record_status(r.status().as_u16());
+            r
+        }
         Err(_) => return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::RESET_BODY, meta.grpc),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -47,6 +47,10 @@ pub struct ListenerStats {
     pub cx_total: Arc<Counter>,
     pub cx_active: Arc<Gauge>,
     pub no_filter_chain_match: Arc<Counter>,
+    pub ssl_handshake: Arc<Counter>,
+    pub ssl_connection_error: Arc<Counter>,
+    pub ssl_fail_verify_san: Arc<Counter>,
+    pub ssl_no_certificate: Arc<Counter>,
 }
 
 impl ListenerRuntime {
@@ -87,11 +91,16 @@ impl ListenerRuntime {
             .collect::<Result<Vec<_>, _>>()?;
         let default_chain =
             config.default_filter_chain.as_ref().map(|fc| chain(fc, "default_filter_chain".into())).transpose()?;
-        let scope = format!("listener.{}", config.address);
+        // Envoy's listener scope is the address with ':' made '_' (`listener.127.0.0.1_10000`).
+        let scope = format!("listener.{}", config.address.to_string().replace(':', "_"));
         let stats = ListenerStats {
             cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
             no_filter_chain_match: store.counter(&format!("{scope}.no_filter_chain_match")),
+            ssl_handshake: store.counter(&format!("{scope}.ssl.handshake")),
+            ssl_connection_error: store.counter(&format!("{scope}.ssl.connection_error")),
+            ssl_fail_verify_san: store.counter(&format!("{scope}.ssl.fail_verify_san")),
+            ssl_no_certificate: store.counter(&format!("{scope}.ssl.no_certificate")),
         };
         Ok(ListenerRuntime { config, chains, default_chain, stats })
     }
@@ -175,16 +184,16 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
                     let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
                     if let Some(peer) = peer {
                         if !crate::tls::verify_san(&peer, &v.san_matchers) {
-                            state.stats.counter("ssl.fail_verify_san").inc();
+                            rt.stats.ssl_fail_verify_san.inc();
                             return;
                         }
                     }
                 }
-                state.stats.counter("ssl.handshake").inc();
+                rt.stats.ssl_handshake.inc();
                 dispatch(tls, chain, conn, state).await
             }
             Err(e) => {
-                state.stats.counter("ssl.connection_error").inc();
+                rt.stats.ssl_connection_error.inc();
                 tracing::debug!(error = %e, "downstream TLS handshake failed");
             }
         },

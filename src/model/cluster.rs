@@ -304,7 +304,7 @@ fn lb_policy(c: &pb::Cluster, notes: &mut Notes) -> FieldResult<LbPolicy> {
         Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
         Ok(pb::cluster::LbPolicy::RingHash) => match &c.lb_config {
             Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => {
-                ring_hash(r.minimum_ring_size.map(|v| v.value as u64), r.maximum_ring_size.map(|v| v.value))
+                ring_hash(r.minimum_ring_size.map(|v| v.value), r.maximum_ring_size.map(|v| v.value))
                     .map_err(|e| e.within("ring_hash_lb_config"))?
             }
             _ => ring_hash(None, None)?,
@@ -343,7 +343,7 @@ fn ring_hash(min: Option<u64>, max: Option<u64>) -> FieldResult<LbPolicy> {
 fn upstream_protocol(c: &pb::Cluster) -> FieldResult<(UpstreamProtocol, Duration, Option<u32>)> {
     let mut protocol =
         if c.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
-    let mut common = c.common_http_protocol_options.clone();
+    let mut common = c.common_http_protocol_options;
     for (key, any) in &c.typed_extension_protocol_options {
         let path = format!("typed_extension_protocol_options[{key}]");
         let name = super::decode::effective_type_name(any).map_err(|e| FieldError::new(&path, e.to_string()))?;
@@ -369,7 +369,7 @@ fn upstream_protocol(c: &pb::Cluster) -> FieldResult<(UpstreamProtocol, Duration
             None => protocol,
         };
         if opts.common_http_protocol_options.is_some() {
-            common = opts.common_http_protocol_options.clone();
+            common = opts.common_http_protocol_options;
         }
     }
     let idle_timeout = common

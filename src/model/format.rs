@@ -149,14 +149,10 @@ fn push_addr(out: &mut String, a: Option<std::net::SocketAddr>, with_port: bool)
 }
 
 fn push_header(out: &mut String, v: Option<String>, max_len: Option<usize>) {
-    match v {
-        Some(v) => {
-            let end = max_len.map_or(v.len(), |m| floor_char_boundary(&v, m));
-            out.push_str(&v[..end]);
-        }
-        // Envoy prints "-" for a missing value in access logs but an empty string in headers; the
-        // header formatter is the one used here.
-        None => {}
+    // Envoy prints "-" for a missing value in access logs but nothing in header values.
+    if let Some(v) = v {
+        let end = max_len.map_or(v.len(), |m| floor_char_boundary(&v, m));
+        out.push_str(&v[..end]);
     }
 }
 

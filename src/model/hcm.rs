@@ -116,7 +116,7 @@ impl HttpConnectionManager {
             }
             None => return Err(FieldError::new("route_specifier", "one of route_config or rds is required")),
         };
-        let filters = http_filters(&h.http_filters, notes).map_err(|e| e)?;
+        let filters = http_filters(&h.http_filters, notes)?;
         let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
         if max_request_headers_kb == 0 || max_request_headers_kb > 8192 {
             return Err(FieldError::new("max_request_headers_kb", "value must be inside range (0, 8192]"));

@@ -58,6 +58,11 @@ impl HeaderMutations {
         Ok(HeaderMutations { add, remove })
     }
 
+    /// Whether rendering needs the request (some value has `%…%` operators).
+    pub fn needs_context(&self) -> bool {
+        self.add.iter().any(|a| a.value.as_literal().is_none())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
     }

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub node: NodeInfo,
     /// Things accepted but not (fully) implemented, each said once at load time.
     pub notes: Vec<String>,
+    /// The bootstrap this snapshot came from (for `/config_dump`).
+    pub bootstrap: Option<Arc<Bootstrap>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,7 +78,7 @@ impl Notes {
 /// Builds the snapshot of a static bootstrap, with Envoy's cross-resource checks.
 pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
     let mut notes = Notes::default();
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot { bootstrap: Some(Arc::new(b.clone())), ..Default::default() };
     if let Some(node) = &b.node {
         snapshot.node = NodeInfo { id: node.id.clone(), cluster: node.cluster.clone() };
     }

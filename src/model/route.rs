@@ -369,8 +369,8 @@ impl RouteTable {
             }
         }
         // Longest wildcard wins (Envoy's `findWildcardVirtualHost`).
-        table.suffix_wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table.prefix_wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffix_wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        table.prefix_wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Ok(table)
     }
 
@@ -951,10 +951,10 @@ fn weighted(w: &pb::WeightedCluster) -> FieldResult<WeightedClusters> {
         }
         let weight = u64::from(c.weight.as_ref().map_or(0, |w| w.value));
         total += weight;
-        let host_rewrite = match &c.host_rewrite_specifier {
-            Some(pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
-            None => None,
-        };
+        let host_rewrite = c
+            .host_rewrite_specifier
+            .as_ref()
+            .map(|pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)| h.clone());
         clusters.push(WeightedCluster {
             name: c.name.clone(),
             weight,

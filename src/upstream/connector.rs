@@ -47,6 +47,17 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+impl ConnectError {
+    /// Envoy's stream reset reason for this failure, as local replies print it.
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            ConnectError::Timeout => "connection timeout",
+            ConnectError::Io(_) | ConnectError::BadAddress => "remote connection failure",
+            ConnectError::Tls(_) => "remote connection failure, transport failure reason: TLS_error",
+        }
+    }
+}
+
 /// The TLS side of a cluster: a client config built once, plus the context for SNI choice.
 #[derive(Clone)]
 pub struct UpstreamTlsConfig {

@@ -112,12 +112,41 @@ impl HostSet {
     }
 }
 
+/// Counters registered on first use, one per status code (`upstream_rq_503`), so the data path
+/// pays a registry lookup once per code, not per request.
+#[derive(Debug)]
+pub struct CodeCounters {
+    store: Store,
+    prefix: String,
+    codes: Box<[std::sync::OnceLock<Arc<Counter>>]>,
+    classes: [Arc<Counter>; 5],
+}
+
+impl CodeCounters {
+    fn new(store: &Store, prefix: String) -> Self {
+        let classes = [1, 2, 3, 4, 5].map(|c| store.counter(&format!("{prefix}upstream_rq_{c}xx")));
+        let codes = (0..500).map(|_| std::sync::OnceLock::new()).collect();
+        CodeCounters { store: store.clone(), prefix, codes, classes }
+    }
+
+    pub fn record(&self, status: u16) {
+        let Some(slot) = self.codes.get(usize::from(status).wrapping_sub(100)) else { return };
+        slot.get_or_init(|| self.store.counter(&format!("{}upstream_rq_{status}", self.prefix))).inc();
+        if let Some(c) = self.classes.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+    }
+}
+
 /// Envoy's `cluster.<name>.*` stats.
 #[derive(Debug)]
 pub struct ClusterStats {
     pub rq_total: Arc<Counter>,
     pub rq_completed: Arc<Counter>,
-    pub rq_xx: [Arc<Counter>; 5],
+    /// `upstream_rq_<code>` and `upstream_rq_<class>xx` of final responses.
+    pub codes: CodeCounters,
+    /// The same under `retry.`, for responses that were retried (Envoy charges them there).
+    pub retry_codes: CodeCounters,
     pub rq_active: Arc<Gauge>,
     pub rq_pending_active: Arc<Gauge>,
     pub rq_pending_overflow: Arc<Counter>,
@@ -140,13 +169,8 @@ impl ClusterStats {
         ClusterStats {
             rq_total: c("upstream_rq_total"),
             rq_completed: c("upstream_rq_completed"),
-            rq_xx: [
-                c("upstream_rq_1xx"),
-                c("upstream_rq_2xx"),
-                c("upstream_rq_3xx"),
-                c("upstream_rq_4xx"),
-                c("upstream_rq_5xx"),
-            ],
+            codes: CodeCounters::new(store, format!("cluster.{name}.")),
+            retry_codes: CodeCounters::new(store, format!("cluster.{name}.retry.")),
             rq_active: g("upstream_rq_active"),
             rq_pending_active: g("upstream_rq_pending_active"),
             rq_pending_overflow: c("upstream_rq_pending_overflow"),
@@ -168,18 +192,23 @@ impl ClusterStats {
         }
     }
 
+    /// A final upstream response (or an upstream failure answered locally with `status`).
     pub fn record_status(&self, status: u16) {
-        if let Some(c) = self.rq_xx.get(usize::from(status / 100).wrapping_sub(1)) {
-            c.inc();
-        }
+        self.codes.record(status);
         self.rq_completed.inc();
+    }
+
+    /// A response that is being retried.
+    pub fn record_retried_status(&self, status: u16) {
+        self.retry_codes.record(status);
     }
 }
 
 /// Why an upstream request got no response headers.
 #[derive(Debug)]
 pub enum SendError {
-    Connect(String),
+    /// The connection could not be made; Envoy's reset reason.
+    Connect(&'static str),
     Reset,
     /// The stream was refused before the upstream processed it (safe to retry).
     Refused,
@@ -319,7 +348,7 @@ impl ClusterState {
                 .map(str::to_string)
                 .unwrap_or_else(|| addr.to_string());
             let mut sender =
-                self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.to_string()))?;
+                self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
             *req.uri_mut() = http::Uri::builder()
                 .scheme(if self.config.tls.is_some() { "https" } else { "http" })
                 .authority(authority.as_str())
@@ -343,8 +372,8 @@ impl ClusterState {
                 if e.is_connect() {
                     SendError::Connect(
                         std::error::Error::source(&e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "connection failure".into()),
+                            .and_then(|s| s.downcast_ref::<super::connector::ConnectError>())
+                            .map_or("remote connection failure", |c| c.reset_reason()),
                     )
                 } else {
                     SendError::Reset
