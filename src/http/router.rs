@@ -62,21 +62,23 @@ pub async fn forward(
     state: &Arc<ProxyState>,
 ) -> Response<ResponseBody> {
     let action = sel.action;
-    let (cluster_name, weighted) = match &action.cluster {
-        ClusterTarget::Named(n) => (n.clone(), None),
-        ClusterTarget::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
-            Some(v) => (v.to_string(), None),
-            None => (String::new(), None),
-        },
+    // Borrowed from the route (or the request); no per-request allocation for the name.
+    let cluster_header;
+    let (cluster_name, weighted): (&str, Option<&WeightedCluster>) = match &action.cluster {
+        ClusterTarget::Named(n) => (n.as_str(), None),
+        ClusterTarget::Header(h) => {
+            cluster_header = req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+            (cluster_header.as_deref().unwrap_or(""), None)
+        }
         ClusterTarget::Weighted(w) => {
             let draw = rand::rng().random_range(0..w.total_weight);
             match w.pick(draw) {
-                Some(c) => (c.name.clone(), Some(c)),
-                None => (String::new(), None),
+                Some(c) => (c.name.as_str(), Some(c)),
+                None => ("", None),
             }
         }
     };
-    let Some(cluster) = state.clusters.get(&cluster_name) else {
+    let Some(cluster) = state.clusters.get(cluster_name) else {
         hcm.stats.no_cluster.inc();
         return local_reply::reply(action.cluster_not_found_code, "", meta.grpc);
     };
@@ -96,7 +98,7 @@ pub async fn forward(
         .iter()
         .any(|f| matches!(f, crate::model::hcm::HttpFilter::Router(r) if r.suppress_envoy_headers));
     let (mut parts, body) = req.into_parts();
-    rewrite_request(&mut parts, &sel, weighted, action, meta, &cluster_name);
+    rewrite_request(&mut parts, &sel, weighted, action, meta, cluster_name);
     // Response header formats (`%REQ(...)%`) read the request as sent upstream; keep a copy only
     // when some response mutation needs it.
     let response_levels = [

@@ -10,18 +10,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
 use super::connector::{ConnStats, Connector};
+use super::h1pool::UpstreamResponseBody;
 use super::lb::{Balancer, LbContext};
 use crate::model::cluster::{Cluster, Discovery, EndpointAddress, UpstreamProtocol};
 use crate::telemetry::stats::{Counter, Gauge, Store};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<Connector, UpstreamBody>;
 
 #[derive(Debug)]
 pub struct Host {
@@ -218,7 +216,7 @@ pub enum SendError {
 pub struct ClusterState {
     pub config: Arc<Cluster>,
     hosts: Arc<ArcSwap<HostSet>>,
-    h1: HttpClient,
+    h1: Arc<super::h1pool::H1Pool>,
     h2: super::h2pool::H2Pool,
     pub connector: Connector,
     pub stats: ClusterStats,
@@ -266,9 +264,7 @@ impl ClusterState {
             }
         };
         let connector = Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone(), tls };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(config.idle_timeout).pool_max_idle_per_host(usize::MAX);
-        let h1 = b.build(connector.clone());
+        let h1 = super::h1pool::H1Pool::new(connector.clone(), config.idle_timeout, config.max_requests_per_connection);
         let h2 = super::h2pool::H2Pool::new(connector.clone());
         let dns_names: Vec<EndpointAddress> = config
             .load_assignment
@@ -337,49 +333,30 @@ impl ClusterState {
         mut req: http::Request<UpstreamBody>,
         addr: SocketAddr,
         downstream_h2: bool,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-        if self.uses_h2(downstream_h2) {
-            let host = req.headers_mut().remove(http::header::HOST);
-            let authority = host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty())
-                .map(str::to_string)
-                .unwrap_or_else(|| addr.to_string());
-            let mut sender =
-                self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
-            *req.uri_mut() = http::Uri::builder()
-                .scheme(if self.config.tls.is_some() { "https" } else { "http" })
-                .authority(authority.as_str())
-                .path_and_query(pq.as_str())
-                .build()
-                .map_err(|_| SendError::Reset)?;
-            *req.version_mut() = http::Version::HTTP_2;
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| if e.is_canceled() { SendError::Refused } else { SendError::Reset })
-        } else {
-            *req.uri_mut() = http::Uri::builder()
-                .scheme("http")
-                .authority(addr.to_string())
-                .path_and_query(pq.as_str())
-                .build()
-                .map_err(|_| SendError::Reset)?;
+    ) -> Result<http::Response<UpstreamResponseBody>, SendError> {
+        if !self.uses_h2(downstream_h2) {
             *req.version_mut() = http::Version::HTTP_11;
-            self.h1.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::Connect(
-                        std::error::Error::source(&e)
-                            .and_then(|s| s.downcast_ref::<super::connector::ConnectError>())
-                            .map_or("remote connection failure", |c| c.reset_reason()),
-                    )
-                } else {
-                    SendError::Reset
-                }
-            })
+            let resp = self.h1.send(req, addr).await?;
+            return Ok(resp.map(|body| UpstreamResponseBody::H1 { body }));
         }
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| addr.to_string());
+        let mut sender = self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
+        *req.uri_mut() = http::Uri::builder()
+            .scheme(if self.config.tls.is_some() { "https" } else { "http" })
+            .authority(authority.as_str())
+            .path_and_query(pq.as_str())
+            .build()
+            .map_err(|_| SendError::Reset)?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let resp = sender.send_request(req).await.map_err(|e| if e.is_canceled() { SendError::Refused } else { SendError::Reset })?;
+        Ok(resp.map(|body| UpstreamResponseBody::H2 { body }))
     }
 
     pub fn uses_h2(&self, downstream_h2: bool) -> bool {

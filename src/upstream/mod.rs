@@ -5,6 +5,7 @@
 //! (and so their pooled connections) across snapshot swaps.
 
 pub mod connector;
+pub mod h1pool;
 pub mod h2pool;
 pub mod lb;
 pub mod manager;
