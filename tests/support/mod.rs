@@ -363,7 +363,7 @@ pub async fn start_proxy(
 ///
 /// ```json
 /// {"upstream": "a", "method": "GET", "path": "/x?y=1", "version": "HTTP/1.1",
-///  "headers": {"host": ["example.com"], ...}, "body": ""}
+///  "authority": "", "headers": {"host": ["example.com"], ...}, "body": ""}
 /// ```
 ///
 /// Header names are lowercase; each maps to the list of its values in arrival order.
@@ -491,6 +491,8 @@ async fn handle_upstream(
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
     let version = format!("{:?}", req.version());
+    // HTTP/2's :authority (an h1 request in origin form has none: "")
+    let authority = req.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
     let body = req
         .into_body()
         .collect()
@@ -507,6 +509,7 @@ async fn handle_upstream(
         "method": method,
         "path": path,
         "version": version,
+        "authority": authority,
         "headers": headers,
         "body": body,
     });
