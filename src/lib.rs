@@ -3,9 +3,11 @@
 //! Config flows one way: `bootstrap` (and later xDS) → envoy-types protos → `model` (validated,
 //! immutable) → one `Snapshot` in `state`, swapped atomically; the data path (`listener`, `http`,
 //! `tcp`, `upstream`, `tls`) only reads snapshots. `admin` and `telemetry` observe both sides.
+//! `control_plane` is the server side of xDS (`remora control-plane`).
 
 pub mod admin;
 pub mod bootstrap;
+pub mod control_plane;
 pub mod http;
 pub mod listener;
 pub mod model;

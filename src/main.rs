@@ -1,4 +1,5 @@
-//! The `remora` binary: Envoy's command line. Thin: everything lives in the library.
+//! The `remora` binary: Envoy's command line, plus subcommands (`remora control-plane ...`). Thin:
+//! everything lives in the library.
 
 use std::process::ExitCode;
 
@@ -6,6 +7,9 @@ use clap::Parser;
 use remora::bootstrap::cli::{Mode, Options};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("control-plane") {
+        return remora::control_plane::cli::main(std::env::args().skip(1));
+    }
     let opts = Options::parse();
     if opts.version {
         println!("remora version: {}/Clean/RELEASE/rustls", env!("CARGO_PKG_VERSION"));

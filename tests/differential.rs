@@ -33,7 +33,7 @@ macro_rules! suites {
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "remora data path in progress"]
+
                 async fn remora_matches_envoy() {
                     crate::harness::remora_matches_envoy(stringify!($name)).await;
                 }

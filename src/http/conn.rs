@@ -1,18 +1,16 @@
 //! Serving one downstream connection with the HTTP connection manager: codec selection (h1, h2,
 //! or auto-detected h2c prior knowledge), header limits, graceful drain, and per-request dispatch.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::ResponseBody;
 use crate::model::hcm::{Codec, HttpConnectionManager};
 use crate::state::ProxyState;
 use crate::telemetry::stats::{Counter, Gauge, GaugeGuard, Store};
@@ -107,7 +105,8 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_limit).unwrap_or(u32::MAX))
+        // The HCM enforces the limit itself (Envoy resets such h2 streams); h2 only bounds memory.
+        .max_header_list_size(u32::try_from(header_limit.saturating_add(64 * 1024)).unwrap_or(u32::MAX))
         .max_concurrent_streams(2_147_483_647u32)
         .enable_connect_protocol();
     let builder = match cfg.codec {
@@ -121,7 +120,7 @@ where
         let state = svc_state.clone();
         let hcm = svc_hcm.clone();
         let conn = conn.clone();
-        async move { Ok::<Response<ResponseBody>, Infallible>(super::hcm::handle(req, hcm, conn, state).await) }
+        async move { super::hcm::handle(req, hcm, conn, state).await }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);

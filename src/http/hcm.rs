@@ -2,16 +2,15 @@
 //! (hop-by-hop removal, x-forwarded-*, x-request-id), route selection, direct responses and
 //! redirects, the HTTP filter chain, and response header handling (`server`, header mutations).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use super::body::{empty, full, ResponseBody};
+use super::body::{empty, ResponseBody};
 use super::conn::{ConnInfo, HcmRuntime};
 use super::local_reply;
 use super::router;
@@ -23,12 +22,7 @@ use crate::model::route::{
 use crate::state::ProxyState;
 use crate::telemetry::stats::GaugeGuard;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use super::request_headers::{X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// Request facts the router and format strings need beyond the headers.
 #[derive(Debug, Clone)]
@@ -39,6 +33,10 @@ pub struct RequestMeta {
     pub start_time: SystemTime,
     pub grpc: bool,
     pub host: String,
+    /// The trusted client address (Envoy's downstream remote address; may come from XFF).
+    pub remote: std::net::SocketAddr,
+    /// The request carried a body Remora may not read (a local reply then closes h1 connections).
+    pub has_body: bool,
 }
 
 impl RequestMeta {
@@ -73,6 +71,9 @@ pub struct HeaderFormat<'a> {
 
 impl FormatContext for HeaderFormat<'_> {
     fn downstream_remote(&self) -> Option<std::net::SocketAddr> {
+        Some(self.meta.remote)
+    }
+    fn downstream_direct_remote(&self) -> Option<std::net::SocketAddr> {
         Some(self.meta.conn.remote)
     }
     fn downstream_local(&self) -> Option<std::net::SocketAddr> {
@@ -115,19 +116,54 @@ pub async fn handle(
     hcm: Arc<HcmRuntime>,
     conn: Arc<ConnInfo>,
     state: Arc<ProxyState>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, StreamReset> {
     let cfg = &hcm.config;
     hcm.stats.rq_total.inc();
     let _active = GaugeGuard::new(&hcm.stats.rq_active);
+    let version = req.version();
+    if header_bytes(req.headers()) > (cfg.max_request_headers_kb as usize) * 1024 {
+        if version == Version::HTTP_2 {
+            // Envoy resets an h2 stream whose headers are too large; an error from the service
+            // makes hyper send RST_STREAM.
+            return Err(StreamReset);
+        }
+        // Envoy's codec refuses the request and closes the connection.
+        hcm.stats.record_status(431);
+        let mut resp =
+            local_reply::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large", false);
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
+            resp.headers_mut().insert(header::SERVER, v);
+        }
+        return Ok(resp);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let websocket = is_websocket_upgrade(req.headers());
+    let trust = super::request_headers::mutate(
+        req.headers_mut(),
+        cfg,
+        conn.remote,
+        scheme,
+        version == Version::HTTP_2,
+        websocket,
+    );
+    let host = request_host(&req);
+    if !req.headers().contains_key(header::HOST) {
+        // h2 carries the authority in `:authority`; h1 upstreams need a Host header.
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     let meta = RequestMeta {
-        host: request_host(&req),
+        host,
         conn,
-        version: req.version(),
+        version,
         start: Instant::now(),
         start_time: SystemTime::now(),
         grpc: is_grpc(req.headers()),
+        remote: trust.remote,
+        has_body: !http_body::Body::is_end_stream(req.body()),
     };
-    mutate_request_headers(&mut req, &hcm, &meta);
     let request_id = req.headers().get(&X_REQUEST_ID).cloned();
 
     let mut resp = match cfg.request_timeout {
@@ -142,6 +178,7 @@ pub async fn handle(
         None => route_and_forward(req, &hcm, &meta, &state).await,
     };
 
+    let local_reply_unread_body = meta.has_body && resp.extensions().get::<local_reply::Local>().is_some();
     let headers = resp.headers_mut();
     match cfg.server_header {
         ServerHeader::Overwrite => {
@@ -163,12 +200,25 @@ pub async fn handle(
             headers.insert(X_REQUEST_ID.clone(), id);
         }
     }
-    if state.is_draining() && meta.version < Version::HTTP_2 {
+    if (state.is_draining() || local_reply_unread_body) && meta.version < Version::HTTP_2 {
+        // A local reply leaves the request body unread, so the h1 connection cannot be reused.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     hcm.stats.record_status(resp.status().as_u16());
-    resp
+    Ok(resp)
 }
+
+/// The stream must be reset instead of answered.
+#[derive(Debug)]
+pub struct StreamReset;
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream reset by the connection manager")
+    }
+}
+
+impl std::error::Error for StreamReset {}
 
 async fn route_and_forward(
     req: Request<Incoming>,
@@ -224,33 +274,53 @@ async fn route_and_forward(
     match &route.action {
         RouteAction::Direct(d) => {
             hcm.stats.rq_direct_response.inc();
-            let mut resp = match &d.body {
-                Some(b) if !b.is_empty() => {
-                    let mut r = Response::new(full(b.clone()));
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                    r
-                }
-                _ => {
-                    let mut r = Response::new(empty());
-                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                    r
-                }
-            };
-            *resp.status_mut() = d.status;
-            apply_response_mutations(&mut resp, req.headers(), meta, route, vh, &table, None);
+            let body = d.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let mut resp = local_reply::reply(d.status, &body, meta.grpc);
+            if !meta.grpc {
+                *resp.status_mut() = d.status;
+            }
+            apply_response_mutations(
+                &mut resp,
+                req.headers(),
+                meta,
+                &RouteLevels { route, vh, table: &table, weighted: None },
+                None,
+            );
             resp
         }
         RouteAction::Redirect(r) => {
             hcm.stats.rq_redirect.inc();
             let mut resp = redirect(r, route, &req, meta);
-            apply_response_mutations(&mut resp, req.headers(), meta, route, vh, &table, None);
+            apply_response_mutations(
+                &mut resp,
+                req.headers(),
+                meta,
+                &RouteLevels { route, vh, table: &table, weighted: None },
+                None,
+            );
             resp
         }
         RouteAction::Forward(action) => {
-            router::forward(req, router::Selected { route, action, vh, table: &table }, hcm, meta, state).await
+            router::forward(req, router::Selected { cluster: "", route, action, vh, table: &table }, hcm, meta, state)
+                .await
         }
     }
+}
+
+/// The route-configuration levels whose header mutations apply, most specific first.
+#[derive(Clone, Copy)]
+pub struct RouteLevels<'a> {
+    pub route: &'a Route,
+    pub vh: &'a VirtualHost,
+    pub table: &'a RouteTable,
+    pub weighted: Option<&'a crate::model::route::WeightedCluster>,
+}
+
+/// The upstream a response came from (or was meant to), for `%UPSTREAM_*%` formats.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    pub cluster: &'a str,
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// Route-level response header mutations: most specific first, so the route configuration's
@@ -259,11 +329,10 @@ pub fn apply_response_mutations(
     resp: &mut Response<ResponseBody>,
     req_headers: &HeaderMap,
     meta: &RequestMeta,
-    route: &Route,
-    vh: &VirtualHost,
-    table: &RouteTable,
-    weighted: Option<&crate::model::route::WeightedCluster>,
+    levels: &RouteLevels<'_>,
+    upstream: Option<Upstream<'_>>,
 ) {
+    let RouteLevels { route, vh, table, weighted } = *levels;
     let levels = [
         weighted.map(|w| &w.response_headers),
         Some(&route.response_headers),
@@ -280,8 +349,8 @@ pub fn apply_response_mutations(
                 meta,
                 request: req_headers,
                 response: Some(resp.headers()),
-                cluster: None,
-                upstream: None,
+                cluster: upstream.map(|u| u.cluster),
+                upstream: upstream.and_then(|u| u.address),
                 route_name: Some(&route.name),
                 status: Some(status),
             };
@@ -303,84 +372,6 @@ pub fn split_path<B>(req: &Request<B>) -> (&str, Option<&str>) {
     let path = req.uri().path();
     let path = if path.is_empty() { "/" } else { path };
     (path, req.uri().query())
-}
-
-/// Envoy's `ConnectionManagerUtility::mutateRequestHeaders`, for the parts Remora implements.
-fn mutate_request_headers(req: &mut Request<Incoming>, hcm: &HcmRuntime, meta: &RequestMeta) {
-    let cfg = &hcm.config;
-    let websocket = is_websocket_upgrade(req.headers());
-    let headers = req.headers_mut();
-    // Hop-by-hop headers never cross the proxy (an allowed upgrade keeps its two).
-    if !websocket {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
-    headers.remove(&KEEP_ALIVE);
-    // Envoy answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read), so
-    // the upstream never sees the expectation.
-    headers.remove(header::EXPECT);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))) {
-            headers.remove(header::TE);
-        } else {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-    }
-    let remote_ip = meta.conn.remote.ip();
-    if cfg.use_remote_address {
-        if !cfg.skip_xff_append {
-            append_xff(headers, remote_ip);
-        }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(meta.scheme()));
-        if is_internal(remote_ip) {
-            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
-        } else {
-            headers.remove(&X_ENVOY_INTERNAL);
-        }
-    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(meta.scheme()));
-    }
-    if let Some(via) = &cfg.via {
-        if let Ok(v) = HeaderValue::from_str(via) {
-            headers.append(header::VIA, v);
-        }
-    }
-    let edge = cfg.use_remote_address && !is_internal(remote_ip);
-    let needs_id = !headers.contains_key(&X_REQUEST_ID) || (edge && !cfg.preserve_external_request_id);
-    if cfg.generate_request_id && needs_id {
-        let id = uuid::Uuid::new_v4();
-        let mut buf = uuid::Uuid::encode_buffer();
-        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
-    }
-    // h2 requests carry the authority in the URI; keep a Host header so h1 upstreams see it.
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&meta.host) {
-            headers.insert(header::HOST, v);
-        }
-    }
-}
-
-fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
-    let ip = ip.to_canonical().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
-/// Envoy's default internal address test: RFC 1918, loopback, unique-local IPv6.
-fn is_internal(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 pub fn is_websocket_upgrade(h: &HeaderMap) -> bool {
@@ -451,7 +442,7 @@ fn redirect<B>(r: &RedirectAction, route: &Route, req: &Request<B>, meta: &Reque
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp.extensions_mut().insert(local_reply::Local);
     resp
 }
 
@@ -462,4 +453,9 @@ pub fn rewrite_prefix(path: &str, matched: Option<&str>, replacement: &str) -> S
     out.push_str(replacement);
     out.push_str(&path[cut..]);
     out
+}
+
+/// The size of a header block as Envoy counts it against `max_request_headers_kb`.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }

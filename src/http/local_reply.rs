@@ -38,26 +38,38 @@ impl Reason {
     }
 }
 
+/// Marks a response Remora generated itself (response extension), so the connection manager
+/// knows the request body may be unread.
+#[derive(Debug, Clone, Copy)]
+pub struct Local;
+
 /// Builds a local reply; `grpc` turns it into a trailers-only gRPC response as Envoy does.
+/// Empty bodies carry no explicit length: hyper frames them as Envoy does per protocol (a
+/// `content-length: 0` on HTTP/1.1, nothing on HTTP/2).
 pub fn reply(status: StatusCode, body: &str, grpc: bool) -> Response<ResponseBody> {
-    if grpc {
+    let mut resp = if grpc {
         let mut resp = Response::new(empty());
-        *resp.status_mut() = StatusCode::OK;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(grpc_status(status)));
-        let message = if body.is_empty() { status.canonical_reason().unwrap_or("") } else { body };
-        if let Ok(v) = HeaderValue::from_str(&percent_encode_grpc(message)) {
-            h.insert("grpc-message", v);
+        if !body.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&percent_encode_grpc(body)) {
+                h.insert("grpc-message", v);
+            }
         }
-        return resp;
-    }
-    let mut resp = if body.is_empty() { Response::new(empty()) } else { Response::new(full(body.to_string())) };
-    *resp.status_mut() = status;
-    if !body.is_empty() {
+        resp
+    } else if body.is_empty() {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = status;
+        resp
+    } else {
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        resp
+    };
+    resp.extensions_mut().insert(Local);
     resp
 }
 
@@ -90,8 +102,14 @@ pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 
 /// `reason` is Envoy's reset reason: `remote connection failure`, `connection timeout`, …
-pub fn connect_failure_body(reason: &str) -> String {
-    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+pub fn connect_failure_body(reason: &str, retried: bool) -> String {
+    if retried {
+        format!(
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+        )
+    } else {
+        format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+    }
 }
 
 pub const OVERFLOW_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";

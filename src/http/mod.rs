@@ -8,6 +8,7 @@ pub mod body;
 pub mod conn;
 pub mod hcm;
 pub mod local_reply;
+pub mod request_headers;
 pub mod router;
 mod router_upgrade;
 

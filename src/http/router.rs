@@ -18,7 +18,9 @@ use rand::Rng;
 
 use super::body::{boxed, BoxError, ResponseBody};
 use super::conn::HcmRuntime;
-use super::hcm::{apply_response_mutations, is_websocket_upgrade, rewrite_prefix, HeaderFormat, RequestMeta};
+use super::hcm::{
+    apply_response_mutations, is_websocket_upgrade, rewrite_prefix, HeaderFormat, RequestMeta, RouteLevels, Upstream,
+};
 use super::local_reply;
 use crate::model::route::{
     ClusterTarget, ForwardAction, HostRewrite, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
@@ -32,6 +34,7 @@ static X_ENVOY_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstr
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -41,6 +44,8 @@ const RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// The route the HCM matched.
 pub struct Selected<'a> {
+    /// The cluster the route names (for weighted clusters, the picked one is in `weighted`).
+    pub cluster: &'a str,
     pub route: &'a Route,
     pub action: &'a ForwardAction,
     pub vh: &'a Arc<VirtualHost>,
@@ -78,6 +83,7 @@ pub async fn forward(
             }
         }
     };
+    let sel = Selected { cluster: cluster_name, ..sel };
     let Some(cluster) = state.clusters.get(cluster_name) else {
         hcm.stats.no_cluster.inc();
         return local_reply::reply(action.cluster_not_found_code, "", meta.grpc);
@@ -113,9 +119,22 @@ pub async fn forward(
         http::HeaderMap::new()
     };
 
-    let retry = action.retry_policy.as_deref();
-    let timeout = action.timeout;
-    let per_try = retry.and_then(|r| r.per_try_timeout);
+    // Control headers: only internal requests still carry them (the HCM strips them from external
+    // ones); they override the route, and never travel upstream.
+    let header_timeout = take_millis(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms");
+    let header_per_try = take_millis(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms");
+    let header_retry_on = take_header(&mut parts.headers, "x-envoy-retry-on");
+    let header_max_retries = take_header(&mut parts.headers, "x-envoy-max-retries").and_then(|v| v.parse::<u32>().ok());
+    let overridden_retry = (header_retry_on.is_some() || header_max_retries.is_some()).then(|| {
+        RetryPolicy::with_overrides(action.retry_policy.as_deref(), header_retry_on.as_deref(), header_max_retries)
+    });
+    let retry = overridden_retry.as_ref().or(action.retry_policy.as_deref());
+    let timeout = match header_timeout {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => action.timeout,
+    };
+    let per_try = header_per_try.filter(|t| !t.is_zero()).or(retry.and_then(|r| r.per_try_timeout));
     let expected = match (per_try, timeout) {
         (Some(p), Some(t)) => Some(p.min(t)),
         (p, t) => p.or(t),
@@ -139,6 +158,14 @@ pub async fn forward(
         None
     } else {
         drop(body);
+        // A bodyless POST/PUT/PATCH still says so to an HTTP/1.1 upstream, as Envoy's codec does.
+        let body_method = matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        if body_method
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !cluster.uses_h2(meta.version == Version::HTTP_2)
+        {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         Some(Bytes::new())
     };
 
@@ -165,6 +192,7 @@ pub async fn forward(
                 &sel,
                 &original_headers,
                 weighted,
+                attempt,
             );
         };
         if retry.is_some() {
@@ -185,6 +213,7 @@ pub async fn forward(
                         &sel,
                         &original_headers,
                         weighted,
+                        attempt,
                     );
                     r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
                     return r;
@@ -209,6 +238,7 @@ pub async fn forward(
                             &sel,
                             &original_headers,
                             weighted,
+                            attempt,
                         );
                     }
                 }
@@ -228,6 +258,15 @@ pub async fn forward(
             },
         };
         let mut upstream_req = Request::from_parts(head, body);
+        if let (HostRewrite::Auto, Some(name)) = (&action.host_rewrite, &host.hostname) {
+            // auto_host_rewrite: the chosen endpoint's host name becomes the Host.
+            if let Ok(v) = HeaderValue::from_str(name) {
+                if let Ok(orig) = HeaderValue::from_str(&meta.host) {
+                    upstream_req.headers_mut().insert(X_ENVOY_ORIGINAL_HOST.clone(), orig);
+                }
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+        }
         if sel.vh.include_request_attempt_count {
             upstream_req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
@@ -257,6 +296,7 @@ pub async fn forward(
                         &sel,
                         &original_headers,
                         weighted,
+                        attempt,
                     );
                 }
             },
@@ -299,7 +339,9 @@ pub async fn forward(
                 }
                 let body = GuardedBody { inner: rbody, _guards: Some((permit, host_guard, rq_active)) };
                 let mut out = Response::from_parts(rparts, boxed(body));
-                apply_response_mutations(&mut out, &original_headers, meta, sel.route, sel.vh, sel.table, weighted);
+                let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted };
+                let upstream = Upstream { cluster: cluster_name, address: Some(host.address) };
+                apply_response_mutations(&mut out, &original_headers, meta, &levels, Some(upstream));
                 return out;
             }
             Err(err) => {
@@ -338,11 +380,12 @@ pub async fn forward(
                 return match err {
                     AttemptError::Connect(detail) => finish_local(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &local_reply::connect_failure_body(detail),
+                        &local_reply::connect_failure_body(detail, retries_taken > 0),
                         meta,
                         &sel,
                         &original_headers,
                         weighted,
+                        attempt,
                     ),
                     AttemptError::Reset | AttemptError::Refused => finish_local(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -351,6 +394,7 @@ pub async fn forward(
                         &sel,
                         &original_headers,
                         weighted,
+                        attempt,
                     ),
                     AttemptError::PerTryTimeout => {
                         cluster.stats.rq_timeout.inc();
@@ -361,6 +405,7 @@ pub async fn forward(
                             &sel,
                             &original_headers,
                             weighted,
+                            attempt,
                         )
                     }
                 };
@@ -376,9 +421,15 @@ fn finish_local(
     sel: &Selected<'_>,
     req_headers: &http::HeaderMap,
     weighted: Option<&WeightedCluster>,
+    attempts: u32,
 ) -> Response<ResponseBody> {
     let mut r = local_reply::reply(status, body, meta.grpc);
-    apply_response_mutations(&mut r, req_headers, meta, sel.route, sel.vh, sel.table, weighted);
+    if sel.vh.include_attempt_count_in_response && attempts > 0 {
+        r.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+    }
+    let upstream = Upstream { cluster: weighted.map_or(sel.cluster, |w| w.name.as_str()), address: None };
+    let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted };
+    apply_response_mutations(&mut r, req_headers, meta, &levels, Some(upstream));
     r
 }
 
@@ -434,6 +485,9 @@ fn rewrite_host_and_headers(
         (None, HostRewrite::Auto) | (None, HostRewrite::None) => None,
     };
     if let Some(h) = new_host {
+        if let Ok(v) = HeaderValue::from_str(&meta.host) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+        }
         if action.append_x_forwarded_host {
             if let Ok(v) = HeaderValue::from_str(&meta.host) {
                 parts.headers.append(X_FORWARDED_HOST.clone(), v);
@@ -630,4 +684,12 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn take_header(headers: &mut http::HeaderMap, name: &'static str) -> Option<String> {
+    headers.remove(name).and_then(|v| v.to_str().ok().map(str::to_string))
+}
+
+fn take_millis(headers: &mut http::HeaderMap, name: &'static str) -> Option<Duration> {
+    take_header(headers, name).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
 }

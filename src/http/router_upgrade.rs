@@ -20,7 +20,7 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
         Err(e) => {
             return local_reply::reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &local_reply::connect_failure_body(e.reset_reason()),
+                &local_reply::connect_failure_body(e.reset_reason(), false),
                 meta.grpc,
             )
         }

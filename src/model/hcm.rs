@@ -65,6 +65,9 @@ pub struct HttpConnectionManager {
     pub server_header: ServerHeader,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
+    /// `internal_address_config.cidr_ranges`: which trusted client addresses are internal. Empty
+    /// (Envoy 1.40's default) means no request is internal.
+    pub internal_cidrs: Vec<super::listener::Cidr>,
     pub skip_xff_append: bool,
     pub via: Option<String>,
     pub generate_request_id: bool,
@@ -158,6 +161,10 @@ impl HttpConnectionManager {
             },
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
+            internal_cidrs: match &h.internal_address_config {
+                Some(c) => super::listener::cidrs(&c.cidr_ranges, "internal_address_config.cidr_ranges")?,
+                None => Vec::new(),
+            },
             skip_xff_append: h.skip_xff_append,
             via: Some(h.via.clone()).filter(|v| !v.is_empty()),
             generate_request_id: h.generate_request_id.as_ref().is_none_or(|b| b.value),

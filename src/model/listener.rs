@@ -340,29 +340,31 @@ impl FilterChain {
     }
 }
 
+/// Validated CIDR ranges (`field` names the list in errors).
+pub fn cidrs(v: &[CidrRange], field: &str) -> FieldResult<Vec<Cidr>> {
+    v.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let addr: IpAddr = c.address_prefix.parse().map_err(|_| {
+                FieldError::new(
+                    format!("{field}[{i}].address_prefix"),
+                    format!("malformed IP address: {}", c.address_prefix),
+                )
+            })?;
+            let prefix_len = c.prefix_len.map_or(0, |p| p.value);
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if prefix_len > max {
+                return Err(FieldError::new(
+                    format!("{field}[{i}].prefix_len"),
+                    format!("value must be less than or equal to {max}"),
+                ));
+            }
+            Ok(Cidr { addr, prefix_len: prefix_len as u8 })
+        })
+        .collect()
+}
+
 fn filter_chain_match(m: &pb::FilterChainMatch) -> FieldResult<FilterChainMatch> {
-    let cidrs = |v: &[CidrRange], field: &str| -> FieldResult<Vec<Cidr>> {
-        v.iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let addr: IpAddr = c.address_prefix.parse().map_err(|_| {
-                    FieldError::new(
-                        format!("{field}[{i}].address_prefix"),
-                        format!("malformed IP address: {}", c.address_prefix),
-                    )
-                })?;
-                let prefix_len = c.prefix_len.map_or(0, |p| p.value);
-                let max = if addr.is_ipv4() { 32 } else { 128 };
-                if prefix_len > max {
-                    return Err(FieldError::new(
-                        format!("{field}[{i}].prefix_len"),
-                        format!("value must be less than or equal to {max}"),
-                    ));
-                }
-                Ok(Cidr { addr, prefix_len: prefix_len as u8 })
-            })
-            .collect()
-    };
     let destination_port = m
         .destination_port
         .map(|p| {

@@ -186,7 +186,7 @@ pub enum HostRewrite {
     Header(HeaderName),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub retry_on: RetryOn,
     pub num_retries: u32,
@@ -217,6 +217,24 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
+    pub fn union(self, o: RetryOn) -> RetryOn {
+        RetryOn {
+            five_xx: self.five_xx || o.five_xx,
+            gateway_error: self.gateway_error || o.gateway_error,
+            reset: self.reset || o.reset,
+            connect_failure: self.connect_failure || o.connect_failure,
+            retriable_4xx: self.retriable_4xx || o.retriable_4xx,
+            refused_stream: self.refused_stream || o.refused_stream,
+            retriable_status_codes: self.retriable_status_codes || o.retriable_status_codes,
+            reset_before_request: self.reset_before_request || o.reset_before_request,
+            grpc_cancelled: self.grpc_cancelled || o.grpc_cancelled,
+            grpc_deadline_exceeded: self.grpc_deadline_exceeded || o.grpc_deadline_exceeded,
+            grpc_internal: self.grpc_internal || o.grpc_internal,
+            grpc_resource_exhausted: self.grpc_resource_exhausted || o.grpc_resource_exhausted,
+            grpc_unavailable: self.grpc_unavailable || o.grpc_unavailable,
+        }
+    }
+
     pub fn parse(spec: &str, notes: &mut Notes) -> Self {
         let mut r = RetryOn::default();
         for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -1002,6 +1020,29 @@ fn hash_policy(h: &pb::route_action::HashPolicy) -> FieldResult<HashPolicy> {
 }
 
 impl RetryPolicy {
+    /// The route's policy as modified by an internal request's `x-envoy-retry-on` /
+    /// `x-envoy-max-retries` headers (Envoy's defaults when the route has none).
+    pub fn with_overrides(base: Option<&RetryPolicy>, retry_on: Option<&str>, max_retries: Option<u32>) -> RetryPolicy {
+        let mut p = base.cloned().unwrap_or(RetryPolicy {
+            retry_on: RetryOn::default(),
+            num_retries: 1,
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+            base_interval: Duration::from_millis(25),
+            max_interval: Duration::from_millis(250),
+        });
+        if let Some(spec) = retry_on {
+            let extra = RetryOn::parse(spec, &mut Notes::default());
+            p.retry_on = p.retry_on.union(extra);
+        }
+        if let Some(n) = max_retries {
+            p.num_retries = n;
+        }
+        p
+    }
+
     fn from_proto(r: &pb::RetryPolicy, notes: &mut Notes) -> FieldResult<Self> {
         let per_try_timeout = r
             .per_try_timeout

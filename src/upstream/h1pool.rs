@@ -74,7 +74,11 @@ impl H1Pool {
     }
 
     /// Sends `req` (origin-form URI, `Host` header set) to `addr`.
-    pub async fn send(self: &Arc<Self>, req: http::Request<UpstreamBody>, addr: SocketAddr) -> Result<http::Response<PooledBody>, SendError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        req: http::Request<UpstreamBody>,
+        addr: SocketAddr,
+    ) -> Result<http::Response<PooledBody>, SendError> {
         // A pooled connection may still be finishing its previous response; wait for it to be
         // ready rather than dropping a good connection, and dial if it turns out dead.
         let reused = match self.take_idle(addr) {
@@ -91,7 +95,8 @@ impl H1Pool {
             Err(e) if e.is_canceled() => return Err(SendError::Refused),
             Err(_) => return Err(SendError::Reset),
         };
-        let keep_alive = !resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let keep_alive =
+            !resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let (parts, body) = resp.into_parts();
         let mut slot = keep_alive.then(|| ReturnSlot { pool: self.clone(), addr, sender, served: served + 1 });
         if http_body::Body::is_end_stream(&body) {
@@ -124,7 +129,10 @@ impl http_body::Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         let done = match &polled {
@@ -166,7 +174,10 @@ impl http_body::Body for UpstreamResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             UpstreamResponseBodyProj::H1 { body } => body.poll_frame(cx),
             UpstreamResponseBodyProj::H2 { body } => body.poll_frame(cx),

@@ -25,12 +25,14 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub struct Host {
     pub address: SocketAddr,
     pub weight: u32,
+    /// The endpoint's host name (its DNS name, or `endpoint.hostname`), for `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
     active: AtomicU32,
 }
 
 impl Host {
     pub fn new(address: SocketAddr, weight: u32) -> Self {
-        Host { address, weight, active: AtomicU32::new(0) }
+        Host { address, weight, hostname: None, active: AtomicU32::new(0) }
     }
     pub fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
@@ -75,10 +77,16 @@ impl HostSet {
                     }
                     EndpointAddress::Pipe(_) => vec![],
                 };
+                let hostname: Option<Arc<str>> = match &ep.address {
+                    _ if !ep.hostname.is_empty() => Some(ep.hostname.as_str().into()),
+                    EndpointAddress::Dns { host, .. } => Some(host.as_str().into()),
+                    _ => None,
+                };
                 for a in addrs {
                     total += 1;
                     if ep.healthy {
-                        by_priority.entry(locality.priority).or_default().push(Arc::new(Host::new(a, ep.weight)));
+                        let host = Host { hostname: hostname.clone(), ..Host::new(a, ep.weight) };
+                        by_priority.entry(locality.priority).or_default().push(Arc::new(host));
                     }
                 }
             }
@@ -336,6 +344,12 @@ impl ClusterState {
     ) -> Result<http::Response<UpstreamResponseBody>, SendError> {
         if !self.uses_h2(downstream_h2) {
             *req.version_mut() = http::Version::HTTP_11;
+            // HTTP/1.1 upstreams get origin-form (`GET /path`), even when the downstream was h2
+            // and its URI carried scheme and authority.
+            if req.uri().authority().is_some() {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                *req.uri_mut() = http::Uri::try_from(pq).map_err(|_| SendError::Reset)?;
+            }
             let resp = self.h1.send(req, addr).await?;
             return Ok(resp.map(|body| UpstreamResponseBody::H1 { body }));
         }
@@ -347,7 +361,8 @@ impl ClusterState {
             .filter(|h| !h.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| addr.to_string());
-        let mut sender = self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
+        let mut sender =
+            self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
         *req.uri_mut() = http::Uri::builder()
             .scheme(if self.config.tls.is_some() { "https" } else { "http" })
             .authority(authority.as_str())
@@ -355,7 +370,13 @@ impl ClusterState {
             .build()
             .map_err(|_| SendError::Reset)?;
         *req.version_mut() = http::Version::HTTP_2;
-        let resp = sender.send_request(req).await.map_err(|e| if e.is_canceled() { SendError::Refused } else { SendError::Reset })?;
+        let resp = sender.send_request(req).await.map_err(|e| {
+            if e.is_canceled() {
+                SendError::Refused
+            } else {
+                SendError::Reset
+            }
+        })?;
         Ok(resp.map(|body| UpstreamResponseBody::H2 { body }))
     }
 

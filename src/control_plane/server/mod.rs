@@ -1,0 +1,134 @@
+//! The gRPC xDS server: `envoy.service.discovery.v3.AggregatedDiscoveryService`, state of the
+//! world (`sotw`) and incremental (`delta`), both fed from the snapshot `cache`; and the same
+//! protocol for Secrets alone on `envoy.service.secret.v3.SecretDiscoveryService` (what Istio's
+//! `sds-grpc` cluster points at: pilot-agent's SDS server).
+//!
+//! Owns: the tonic service and its sockets. Must not read config files or translate resources.
+
+pub mod cache;
+pub mod delta;
+pub mod sotw;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::control_plane::resource::SECRET;
+use cache::Cache;
+
+/// Responses queued per stream before the stream task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// The ADS service: one task per stream.
+pub struct Ads {
+    cache: Arc<Cache>,
+    connections: AtomicU64,
+}
+
+impl Ads {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        Ads { cache, connections: AtomicU64::new(0) }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(sotw::run(conn, "", self.cache.subscribe(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(delta::run(conn, "", self.cache.subscribe(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Ads {
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(delta::run(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(sotw::run(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_secrets(&self, request: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+        let req = request.into_inner();
+        let snap = self.cache.current();
+        let resources = snap
+            .get(SECRET)
+            .map(|t| req.resource_names.iter().filter_map(|n| t.resources.get(n)).map(|r| r.any.clone()).collect())
+            .unwrap_or_default();
+        Ok(Response::new(DiscoveryResponse {
+            version_info: snap.version(SECRET),
+            resources,
+            type_url: SECRET.to_string(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Serves ADS (and SDS) on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    cache: Arc<Cache>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let ads = Arc::new(Ads::new(cache));
+    let service = AggregatedDiscoveryServiceServer::from_arc(ads.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(usize::MAX);
+    let sds = SecretDiscoveryServiceServer::from_arc(ads).max_decoding_message_size(64 << 20);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .add_service(sds)
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+}
