@@ -175,6 +175,7 @@ pub async fn forward(
     let downstream_h2 = meta.version == Version::HTTP_2;
     let hash =
         if action.hash_policy.is_empty() { None } else { hash_key(action, &parts.headers, parts.uri.query(), meta) };
+    let original_dst = original_destination(&cluster, &parts.headers, meta);
     let mut parts = Some(parts);
     let mut attempt = 0u32;
     let mut retries_taken = 0u32;
@@ -183,7 +184,7 @@ pub async fn forward(
     loop {
         attempt += 1;
         let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) { &tried } else { &[] };
-        let Some(host) = cluster.choose_host(&LbContext { hash, avoid }) else {
+        let Some(host) = cluster.choose_host(&LbContext { hash, avoid, original_dst }) else {
             cluster.stats.cx_none_healthy.inc();
             return finish_local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -692,4 +693,15 @@ fn take_header(headers: &mut http::HeaderMap, name: &'static str) -> Option<Stri
 
 fn take_millis(headers: &mut http::HeaderMap, name: &'static str) -> Option<Duration> {
     take_header(headers, name).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+/// The upstream of an ORIGINAL_DST cluster: the `x-envoy-original-dst-host` header when the
+/// cluster opts into it, else the downstream connection's original destination.
+fn original_destination(cluster: &ClusterState, headers: &http::HeaderMap, meta: &RequestMeta) -> Option<SocketAddr> {
+    if let Some(name) = &cluster.config.original_dst_header {
+        if let Some(addr) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+            return Some(addr);
+        }
+    }
+    Some(meta.conn.local)
 }

@@ -155,7 +155,7 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
     };
     let destination = if rt.config.use_original_dst { original_dst::get(&stream).unwrap_or(local) } else { local };
     let inspected = if rt.config.tls_inspector || rt.config.http_inspector {
-        inspect(&stream, rt.config.listener_filters_timeout).await
+        inspect(&stream, rt.config.http_inspector, rt.config.listener_filters_timeout).await
     } else {
         client_hello::Inspected::default()
     };
@@ -215,7 +215,7 @@ where
 }
 
 /// Peeks at the first bytes (without consuming them) for the TLS and HTTP inspectors.
-async fn inspect(stream: &TcpStream, timeout: Option<Duration>) -> client_hello::Inspected {
+async fn inspect(stream: &TcpStream, http: bool, timeout: Option<Duration>) -> client_hello::Inspected {
     let mut buf = vec![0u8; 16 * 1024 + 5];
     let peek = async {
         loop {
@@ -223,7 +223,7 @@ async fn inspect(stream: &TcpStream, timeout: Option<Duration>) -> client_hello:
                 Ok(0) | Err(_) => return client_hello::Inspected::default(),
                 Ok(n) => n,
             };
-            if let Some(result) = client_hello::inspect(&buf[..n]) {
+            if let Some(result) = client_hello::inspect(&buf[..n], http) {
                 return result;
             }
             // More of the ClientHello is in flight; wait for it.

@@ -31,6 +31,8 @@ pub struct Cluster {
     pub idle_timeout: Duration,
     pub max_requests_per_connection: Option<u32>,
     pub per_connection_buffer_limit_bytes: u32,
+    /// ORIGINAL_DST with `use_http_header`: the header naming the destination.
+    pub original_dst_header: Option<http::HeaderName>,
     pub proto: Arc<pb::Cluster>,
 }
 
@@ -246,6 +248,22 @@ impl Cluster {
                 .per_connection_buffer_limit_bytes
                 .as_ref()
                 .map_or(1024 * 1024, |v| v.value),
+            original_dst_header: match &c.lb_config {
+                Some(pb::cluster::LbConfig::OriginalDstLbConfig(o)) if o.use_http_header => {
+                    let name = if o.http_header_name.is_empty() {
+                        "x-envoy-original-dst-host"
+                    } else {
+                        o.http_header_name.as_str()
+                    };
+                    Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        FieldError::new(
+                            "original_dst_lb_config.http_header_name",
+                            format!("invalid header name '{name}'"),
+                        )
+                    })?)
+                }
+                _ => None,
+            },
             proto: Arc::new(c.clone()),
         })
     }

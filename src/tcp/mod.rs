@@ -36,7 +36,7 @@ impl TcpProxyRuntime {
     }
 }
 
-pub async fn proxy<I>(mut downstream: I, rt: Arc<TcpProxyRuntime>, _conn: &ConnInfo, state: Arc<ProxyState>)
+pub async fn proxy<I>(mut downstream: I, rt: Arc<TcpProxyRuntime>, conn: &ConnInfo, state: Arc<ProxyState>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -57,7 +57,8 @@ where
     };
     let mut upstream = None;
     for _ in 0..rt.config.max_connect_attempts {
-        let Some(host) = cluster.choose_host(&LbContext::default()) else {
+        let Some(host) = cluster.choose_host(&LbContext { original_dst: Some(conn.local), ..Default::default() })
+        else {
             cluster.stats.cx_none_healthy.inc();
             return;
         };

@@ -8,11 +8,17 @@ pub struct Inspected {
     pub alpn: Vec<String>,
 }
 
-/// `None` when more bytes are needed to decide.
-pub fn inspect(buf: &[u8]) -> Option<Inspected> {
+/// `None` when more bytes are needed to decide. `http` also runs Envoy's http_inspector on
+/// plaintext: the HTTP/2 connection preface means `h2c`, an HTTP/1.x request line `http/1.1` (or
+/// `http/1.0`), reported as the application protocol.
+pub fn inspect(buf: &[u8], http: bool) -> Option<Inspected> {
     let first = *buf.first()?;
     if first != 0x16 {
-        return Some(Inspected::default());
+        if !http {
+            return Some(Inspected::default());
+        }
+        return http_protocol(buf)
+            .map(|p| Inspected { alpn: p.map(|p| vec![p.to_string()]).unwrap_or_default(), ..Default::default() });
     }
     if buf.len() < 5 {
         return None;
@@ -23,6 +29,39 @@ pub fn inspect(buf: &[u8]) -> Option<Inspected> {
         return if buf.len() >= 16 * 1024 + 5 { Some(Inspected { tls: true, ..Default::default() }) } else { None };
     };
     Some(parse_handshake(record).unwrap_or(Inspected { tls: true, ..Default::default() }))
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `None`: need more bytes; `Some(None)`: not HTTP; `Some(Some(protocol))`.
+fn http_protocol(buf: &[u8]) -> Option<Option<&'static str>> {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() { Some(Some("h2c")) } else { None };
+    }
+    // An HTTP/1.x request line: `METHOD SP target SP HTTP/1.x CRLF`, within a bounded prefix. A
+    // method is upper-case letters, so anything else before the first space settles it early.
+    let method_len = buf.iter().position(|b| *b == b' ').unwrap_or(buf.len());
+    if !buf[..method_len].iter().all(|b| b.is_ascii_uppercase()) {
+        return Some(None);
+    }
+    let Some(line_end) = buf.iter().position(|b| *b == b'\n') else {
+        return if buf.len() < 8 * 1024 { None } else { Some(None) };
+    };
+    let line = buf[..line_end].strip_suffix(b"\r").unwrap_or(&buf[..line_end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(_target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Some(None);
+    };
+    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase()) {
+        return Some(None);
+    }
+    Some(match version {
+        b"HTTP/1.1" => Some("http/1.1"),
+        b"HTTP/1.0" => Some("http/1.0"),
+        _ => None,
+    })
 }
 
 fn parse_handshake(h: &[u8]) -> Option<Inspected> {
@@ -84,5 +123,19 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_inspection() {
+        assert_eq!(inspect(b"GET / HTTP/1.1\r\nHost: a\r\n", true).unwrap().alpn, vec!["http/1.1"]);
+        assert_eq!(inspect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true).unwrap().alpn, vec!["h2c"]);
+        assert_eq!(inspect(b"PRI * HT", true), None, "a partial preface waits for more bytes");
+        assert!(inspect(b"\x00\x01binary", true).unwrap().alpn.is_empty());
+        assert!(inspect(b"GET / HTTP/1.1\r\n", false).unwrap().alpn.is_empty(), "no inspector, no protocol");
     }
 }

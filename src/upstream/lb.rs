@@ -18,6 +18,8 @@ pub struct LbContext<'a> {
     pub hash: Option<u64>,
     /// Hosts already tried by this request (retry `previous_hosts`).
     pub avoid: &'a [SocketAddr],
+    /// Where the downstream connection was originally going (ORIGINAL_DST clusters).
+    pub original_dst: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -262,14 +264,14 @@ mod tests {
             LbPolicy::Maglev { table_size: 65537 },
         ] {
             let b = Balancer::build(&policy, &hs);
-            let ctx = LbContext { hash: Some(hash64(b"user-42")), avoid: &[] };
+            let ctx = LbContext { hash: Some(hash64(b"user-42")), avoid: &[], original_dst: None };
             let first = b.choose(&hs, &ctx).unwrap().address;
             for _ in 0..20 {
                 assert_eq!(b.choose(&hs, &ctx).unwrap().address, first);
             }
             let mut seen = std::collections::HashSet::new();
             for k in 0..200u32 {
-                let ctx = LbContext { hash: Some(hash64(&k.to_be_bytes())), avoid: &[] };
+                let ctx = LbContext { hash: Some(hash64(&k.to_be_bytes())), avoid: &[], original_dst: None };
                 seen.insert(b.choose(&hs, &ctx).unwrap().address);
             }
             assert_eq!(seen.len(), 4, "{policy:?} spreads keys over all hosts");

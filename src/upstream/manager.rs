@@ -331,6 +331,10 @@ impl ClusterState {
     }
 
     pub fn choose_host(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        if self.config.discovery == Discovery::OriginalDst {
+            // The cluster's only host is wherever the connection was going before redirection.
+            return ctx.original_dst.map(|a| Arc::new(Host::new(a, 1)));
+        }
         self.hosts.load().choose(ctx)
     }
 
