@@ -7,6 +7,7 @@
 pub mod body;
 pub mod conn;
 pub mod hcm;
+mod idle;
 pub mod local_reply;
 pub mod request_headers;
 pub mod router;

@@ -247,7 +247,10 @@ pub async fn forward(
         };
         let body: ResponseBody = match (&replay, streaming.take()) {
             (Some(b), _) => super::body::full(b.clone()),
-            (None, Some(s)) => boxed(s),
+            (None, Some(s)) => match hcm.config.stream_idle_timeout {
+                Some(t) => boxed(super::idle::IdleTimeoutBody::new(s, t)),
+                None => boxed(s),
+            },
             (None, None) => super::body::empty(),
         };
         // The last possible attempt takes the request head; earlier ones send a copy.
@@ -339,7 +342,11 @@ pub async fn forward(
                     rparts.headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
                 }
                 let body = GuardedBody { inner: rbody, _guards: Some((permit, host_guard, rq_active)) };
-                let mut out = Response::from_parts(rparts, boxed(body));
+                let body = match hcm.config.stream_idle_timeout {
+                    Some(t) => boxed(super::idle::IdleTimeoutBody::new(body, t)),
+                    None => boxed(body),
+                };
+                let mut out = Response::from_parts(rparts, body);
                 let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted };
                 let upstream = Upstream { cluster: cluster_name, address: Some(host.address) };
                 apply_response_mutations(&mut out, &original_headers, meta, &levels, Some(upstream));
