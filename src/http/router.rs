@@ -118,6 +118,7 @@ pub async fn forward(
     } else {
         http::HeaderMap::new()
     };
+    let local = LocalReplies { meta, sel: &sel, req_headers: &original_headers, weighted };
 
     // Control headers: only internal requests still carry them (the HCM strips them from external
     // ones); they override the route, and never travel upstream.
@@ -186,15 +187,7 @@ pub async fn forward(
         let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) { &tried } else { &[] };
         let Some(host) = cluster.choose_host(&LbContext { hash, avoid, original_dst }) else {
             cluster.stats.cx_none_healthy.inc();
-            return finish_local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                local_reply::NO_HEALTHY_UPSTREAM,
-                meta,
-                &sel,
-                &original_headers,
-                weighted,
-                attempt,
-            );
+            return local.reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::NO_HEALTHY_UPSTREAM, attempt);
         };
         if retry.is_some() {
             tried.push(host.address);
@@ -207,15 +200,7 @@ pub async fn forward(
                 if pending >= cluster.config.circuit_breakers.max_pending_requests {
                     cluster.pending.fetch_sub(1, Ordering::Relaxed);
                     cluster.stats.rq_pending_overflow.inc();
-                    let mut r = finish_local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        local_reply::OVERFLOW_BODY,
-                        meta,
-                        &sel,
-                        &original_headers,
-                        weighted,
-                        attempt,
-                    );
+                    let mut r = local.reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::OVERFLOW_BODY, attempt);
                     r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
                     return r;
                 }
@@ -232,15 +217,7 @@ pub async fn forward(
                     _ => {
                         cluster.stats.rq_timeout.inc();
                         hcm.stats.rq_timeout.inc();
-                        return finish_local(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            local_reply::UPSTREAM_TIMEOUT,
-                            meta,
-                            &sel,
-                            &original_headers,
-                            weighted,
-                            attempt,
-                        );
+                        return local.reply(StatusCode::GATEWAY_TIMEOUT, local_reply::UPSTREAM_TIMEOUT, attempt);
                     }
                 }
             }
@@ -293,15 +270,7 @@ pub async fn forward(
                     cluster.stats.rq_timeout.inc();
                     cluster.stats.record_status(504);
                     hcm.stats.rq_timeout.inc();
-                    return finish_local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        local_reply::UPSTREAM_TIMEOUT,
-                        meta,
-                        &sel,
-                        &original_headers,
-                        weighted,
-                        attempt,
-                    );
+                    return local.reply(StatusCode::GATEWAY_TIMEOUT, local_reply::UPSTREAM_TIMEOUT, attempt);
                 }
             },
             None => send.await.map_err(classify),
@@ -386,35 +355,17 @@ pub async fn forward(
                 }
                 cluster.stats.record_status(charged);
                 return match err {
-                    AttemptError::Connect(detail) => finish_local(
+                    AttemptError::Connect(detail) => local.reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &local_reply::connect_failure_body(detail, retries_taken > 0),
-                        meta,
-                        &sel,
-                        &original_headers,
-                        weighted,
                         attempt,
                     ),
-                    AttemptError::Reset | AttemptError::Refused => finish_local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        local_reply::RESET_BODY,
-                        meta,
-                        &sel,
-                        &original_headers,
-                        weighted,
-                        attempt,
-                    ),
+                    AttemptError::Reset | AttemptError::Refused => {
+                        local.reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::RESET_BODY, attempt)
+                    }
                     AttemptError::PerTryTimeout => {
                         cluster.stats.rq_timeout.inc();
-                        finish_local(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            local_reply::UPSTREAM_TIMEOUT,
-                            meta,
-                            &sel,
-                            &original_headers,
-                            weighted,
-                            attempt,
-                        )
+                        local.reply(StatusCode::GATEWAY_TIMEOUT, local_reply::UPSTREAM_TIMEOUT, attempt)
                     }
                 };
             }
@@ -422,23 +373,27 @@ pub async fn forward(
     }
 }
 
-fn finish_local(
-    status: StatusCode,
-    body: &str,
-    meta: &RequestMeta,
-    sel: &Selected<'_>,
-    req_headers: &http::HeaderMap,
-    weighted: Option<&WeightedCluster>,
-    attempts: u32,
-) -> Response<ResponseBody> {
-    let mut r = local_reply::reply(status, body, meta.grpc);
-    if sel.vh.include_attempt_count_in_response && attempts > 0 {
-        r.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+/// Local replies of one forwarded request: Envoy's body and status, the route's response
+/// header mutations, and the attempt count when the virtual host asks for it.
+struct LocalReplies<'a> {
+    meta: &'a RequestMeta,
+    sel: &'a Selected<'a>,
+    req_headers: &'a http::HeaderMap,
+    weighted: Option<&'a WeightedCluster>,
+}
+
+impl LocalReplies<'_> {
+    fn reply(&self, status: StatusCode, body: &str, attempts: u32) -> Response<ResponseBody> {
+        let mut r = local_reply::reply(status, body, self.meta.grpc);
+        if self.sel.vh.include_attempt_count_in_response && attempts > 0 {
+            r.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempts));
+        }
+        let sel = self.sel;
+        let upstream = Upstream { cluster: self.weighted.map_or(sel.cluster, |w| w.name.as_str()), address: None };
+        let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted: self.weighted };
+        apply_response_mutations(&mut r, self.req_headers, self.meta, &levels, Some(upstream));
+        r
     }
-    let upstream = Upstream { cluster: weighted.map_or(sel.cluster, |w| w.name.as_str()), address: None };
-    let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted };
-    apply_response_mutations(&mut r, req_headers, meta, &levels, Some(upstream));
-    r
 }
 
 /// Path and host rewrites and the request header mutations of every route level.

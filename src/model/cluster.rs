@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address};
+use envoy_types::pb::envoy::config::core::v3::{address, Address};
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
 
@@ -472,18 +472,7 @@ pub fn load_assignment(la: &ClusterLoadAssignment, discovery: &Discovery) -> Fie
 fn endpoint_address(addr: &Address, discovery: &Discovery) -> FieldResult<EndpointAddress> {
     match &addr.address {
         Some(address::Address::SocketAddress(sa)) => {
-            let port = match sa.port_specifier {
-                Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
-                    FieldError::new(
-                        "socket_address.port_value",
-                        format!("value must be less than or equal to 65535, got {p}"),
-                    )
-                })?,
-                Some(PortSpecifier::NamedPort(_)) => {
-                    return Err(FieldError::new("socket_address.named_port", "named ports are not supported"))
-                }
-                None => 0,
-            };
+            let port = super::socket_port(sa)?;
             if sa.protocol != 0 {
                 return Err(FieldError::new("socket_address.protocol", "only TCP endpoints are supported"));
             }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, CidrRange};
+use envoy_types::pb::envoy::config::core::v3::{address, Address, CidrRange};
 use envoy_types::pb::envoy::config::listener::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as PbHcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
@@ -453,18 +453,7 @@ fn tcp_proxy(t: &PbTcpProxy) -> FieldResult<TcpProxy> {
 pub fn socket_address(addr: &Address) -> FieldResult<SocketAddr> {
     match &addr.address {
         Some(address::Address::SocketAddress(sa)) => {
-            let port = match sa.port_specifier {
-                Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
-                    FieldError::new(
-                        "socket_address.port_value",
-                        format!("value must be less than or equal to 65535, got {p}"),
-                    )
-                })?,
-                Some(PortSpecifier::NamedPort(_)) => {
-                    return Err(FieldError::new("socket_address.named_port", "named ports are not supported"))
-                }
-                None => 0,
-            };
+            let port = super::socket_port(sa)?;
             let ip: IpAddr = if sa.address.is_empty() {
                 return Err(FieldError::new("socket_address.address", "value length must be at least 1 characters"));
             } else {

@@ -239,3 +239,17 @@ fn check_referenced_paths(b: &Bootstrap) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// The port of a `SocketAddress` (named ports are a Windows/pipe-era feature Remora rejects).
+pub fn socket_port(sa: &envoy_types::pb::envoy::config::core::v3::SocketAddress) -> FieldResult<u16> {
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
+            FieldError::new("socket_address.port_value", format!("value must be less than or equal to 65535, got {p}"))
+        }),
+        Some(PortSpecifier::NamedPort(_)) => {
+            Err(FieldError::new("socket_address.named_port", "named ports are not supported"))
+        }
+        None => Ok(0),
+    }
+}
