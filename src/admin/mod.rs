@@ -103,7 +103,7 @@ fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Byte
             let body: String = snap.listeners.iter().map(|l| format!("{}::{}\n", l.name, l.address)).collect();
             text(StatusCode::OK, body, "text/plain; charset=UTF-8")
         }
-        "/config_dump" => match config_dump::render(state, query_param(&req, "resource")) {
+        "/config_dump" => match config_dump::render(state, query_param(&req, "resource"), query_param(&req, "include_eds").is_some()) {
             Ok(v) => text(StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default(), "application/json"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e, "text/plain"),
         },

@@ -239,7 +239,7 @@ async fn route_and_forward(
     }
     let table: Option<Arc<RouteTable>> = match &cfg.route_source {
         RouteSource::Inline => cfg.inline_routes.clone(),
-        RouteSource::Rds(_) => None,
+        RouteSource::Rds(name) => state.route_table(name),
     };
     let Some(table) = table else {
         hcm.stats.no_route.inc();

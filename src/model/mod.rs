@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 pub mod cluster;
+pub mod dynamic;
 pub mod error;
 pub mod format;
 pub mod hcm;
@@ -145,9 +146,6 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
         notes.warn("static secrets are not implemented yet".into());
     }
     check_referenced_paths(b)?;
-    if b.dynamic_resources.is_some() {
-        notes.warn("dynamic_resources (xDS) are not implemented yet: only static resources are served".into());
-    }
     snapshot.notes = notes.list;
     Ok(snapshot)
 }

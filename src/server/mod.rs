@@ -1,17 +1,22 @@
 //! Process orchestration: load the bootstrap into a snapshot, validate it (validate mode stops
-//! there), bind listeners and the admin API, serve, and drain on SIGTERM / SIGINT.
+//! there), bind listeners and the admin API, start the xDS client when the bootstrap has ADS
+//! `dynamic_resources`, serve, and drain on SIGTERM / SIGINT.
 //!
-//! Owns: the order of start-up and shutdown. Must not implement any data-path behaviour.
+//! Owns: the order of start-up and shutdown, and (in `listeners`, `sink`) applying configurations
+//! to sockets. Must not implement any data-path behaviour.
+
+mod listeners;
+mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
 
 use crate::bootstrap::{self, BootstrapError, Options};
 use crate::listener::{self, ListenerRuntime};
 use crate::model::{self, ConfigError, Snapshot};
 use crate::state::{ProxyState, ServerState};
+
+pub use listeners::ListenerManager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -33,11 +38,9 @@ pub fn load(opts: &Options) -> Result<Snapshot, ServerError> {
         ListenerRuntime::build(l.clone(), &scratch)?;
     }
     for c in snapshot.clusters.values() {
-        if let Some(t) = &c.tls {
-            crate::tls::client_config(t)
-                .map_err(|e| ConfigError::new("cluster", &c.name, "transport_socket", e.to_string()))?;
-        }
+        sink::check_cluster_tls(c)?;
     }
+    crate::xds::XdsConfig::from_bootstrap(&bootstrap, &snapshot)?;
     Ok(snapshot)
 }
 
@@ -50,31 +53,40 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
     let state = ProxyState::new(opts.drain_time());
     state.set_server_state(ServerState::Initializing);
     let admin_addr = snapshot.admin_address;
-    let listeners: Vec<_> = snapshot.listeners.clone();
+    let xds = match &snapshot.bootstrap {
+        Some(b) => crate::xds::XdsConfig::from_bootstrap(b, &snapshot)?,
+        None => None,
+    };
     state.apply(snapshot).await;
+    let base = state.snapshot();
 
     if let Some(addr) = admin_addr {
         let sock = listener::bind(addr).map_err(|source| ServerError::Bind { what: "admin".into(), addr, source })?;
         tracing::info!(%addr, "admin address");
         tokio::spawn(crate::admin::serve(sock, state.clone()));
     }
-    for l in listeners {
-        if !l.bind_to_port {
-            continue;
-        }
-        let runtime = ListenerRuntime::build(l.clone(), &state.stats)?;
-        let sock = listener::bind(l.address).map_err(|source| ServerError::Bind {
-            what: format!("listener '{}'", l.name),
-            addr: l.address,
-            source,
-        })?;
-        tracing::info!(name = %l.name, address = %l.address, "listener started");
-        tokio::spawn(listener::run(sock, Arc::new(ArcSwap::from_pointee(runtime)), state.clone()));
+    let mut manager = ListenerManager::new(state.clone());
+    if let Some(e) = manager.apply(&base.listeners).await.into_iter().next() {
+        return Err(ServerError::Bind {
+            what: format!("listener '{}'", e.name),
+            addr: e.address,
+            source: std::io::Error::other(e.error),
+        });
     }
-    state.stats.gauge("listener_manager.workers_started").set(1);
-    state.set_server_state(ServerState::Live);
+    match xds {
+        Some(cfg) => {
+            // LIVE (and workers_started) come from the xDS client once CDS and LDS are warm.
+            tracing::info!(cluster = %cfg.cluster.name, api = ?cfg.api, "starting the xDS client");
+            let sink = Arc::new(sink::ServerSink::new(state.clone(), manager));
+            tokio::spawn(crate::xds::run(cfg, base, state.clone(), sink));
+        }
+        None => {
+            state.stats.gauge("listener_manager.workers_started").set(1);
+            state.set_server_state(ServerState::Live);
+            tracing::info!("all listeners started; server is live");
+        }
+    }
     release_config_memory();
-    tracing::info!("all listeners started; server is live");
 
     wait_for_signal(&state).await;
     state.start_draining();

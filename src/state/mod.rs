@@ -1,16 +1,21 @@
 //! Process-wide proxy state shared by the data path and the admin API: the current snapshot, the
 //! cluster manager, the stats store, and lifecycle flags (draining, health-check failing).
 //!
-//! Owns: the one `ArcSwap<Snapshot>` the rest of the proxy reads. Must not build config itself;
-//! `model` does, and the config sources (bootstrap, xDS) call [`ProxyState::apply`].
+//! Owns: the one `ArcSwap<Snapshot>` the rest of the proxy reads, the RDS route tables HTTP
+//! connection managers resolve per request (also an `ArcSwap`, so readers never lock), and the
+//! xDS client's view of dynamic resources for `/config_dump`. Must not build config itself;
+//! `model` does, and the config sources (bootstrap, xDS) call [`ProxyState::apply`] /
+//! [`ProxyState::apply_dynamic`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::model::Snapshot;
+use crate::model::dynamic::DynamicConfig;
+use crate::model::{RouteTable, Snapshot};
 use crate::telemetry::stats::Store;
 use crate::upstream::ClusterManager;
 
@@ -27,6 +32,10 @@ pub enum ServerState {
 #[derive(Debug)]
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
+    /// RDS route tables by name (what `RouteSource::Rds` resolves to).
+    routes: ArcSwap<HashMap<String, Arc<RouteTable>>>,
+    /// Dynamic resources as accepted by the xDS client (for `/config_dump`).
+    dynamic: ArcSwap<DynamicConfig>,
     pub clusters: ClusterManager,
     pub stats: Store,
     /// Downstream connections open on every listener (for drain completion).
@@ -45,6 +54,8 @@ impl ProxyState {
     pub fn new(drain_time: Duration) -> Arc<Self> {
         Arc::new(ProxyState {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            dynamic: ArcSwap::from_pointee(DynamicConfig::default()),
             clusters: ClusterManager::default(),
             connections: Arc::default(),
             stats: Store::default(),
@@ -66,6 +77,27 @@ impl ProxyState {
     pub async fn apply(&self, snapshot: Snapshot) {
         self.clusters.apply(&snapshot.clusters, &self.stats).await;
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Makes an xDS-assembled configuration current, make-before-break: clusters first (so routes
+    /// never point at a cluster that is not there yet), then the RDS tables, then the snapshot.
+    pub async fn apply_dynamic(&self, snapshot: Snapshot, routes: HashMap<String, Arc<RouteTable>>) {
+        self.clusters.apply(&snapshot.clusters, &self.stats).await;
+        self.routes.store(Arc::new(routes));
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The current RDS route table named `name` (lock-free; per request).
+    pub fn route_table(&self, name: &str) -> Option<Arc<RouteTable>> {
+        self.routes.load().get(name).cloned()
+    }
+
+    pub fn dynamic_config(&self) -> Arc<DynamicConfig> {
+        self.dynamic.load_full()
+    }
+
+    pub fn set_dynamic_config(&self, d: DynamicConfig) {
+        self.dynamic.store(Arc::new(d));
     }
 
     pub fn server_state(&self) -> ServerState {
