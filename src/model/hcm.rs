@@ -224,7 +224,20 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
                     super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
                 HttpFilter::Router(RouterConfig { suppress_envoy_headers: r.suppress_envoy_headers })
             }
-            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => HttpFilter::Harmless { name: f.name.clone() },
+            // Telemetry only: they count or label requests and never change one, so skipping them
+            // changes no request or response (Remora's own stats cover the Envoy-named metrics).
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+            | "stats.PluginConfig"
+            | "io.istio.http.peer_metadata.Config" => HttpFilter::Harmless { name: f.name.clone() },
+            // istio.alpn rewrites the ALPN offered to mTLS upstreams; it matters only for Istio's
+            // mTLS, which comes with mesh identity. Until then upstream TLS offers the cluster's ALPN.
+            "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig" => {
+                notes.warn(format!(
+                    "HTTP filter '{}' (istio.alpn) is not applied yet: upstream TLS offers the cluster's ALPN",
+                    f.name
+                ));
+                HttpFilter::Harmless { name: f.name.clone() }
+            }
             other
                 if other.starts_with("envoy.extensions.filters.http.")
                     || other.starts_with("istio.")

@@ -18,6 +18,13 @@ use super::route::{RouteTable, WeightedCluster, WeightedClusters};
 use super::tls::DownstreamTls;
 use super::{duration, unpack, Notes};
 
+/// Non-terminal network filters that can be skipped without changing any byte of a connection:
+/// Istio's TCP metadata exchange only speaks after ALPN `istio-peer-exchange` is negotiated, which
+/// Remora does not offer; istio_authn only records the peer identity for later policy filters;
+/// istio.stats on TCP only counts bytes and connections.
+const HARMLESS_NETWORK_FILTERS: [&str; 3] =
+    ["envoy.tcp.metadataexchange.config.MetadataExchange", "io.istio.network.authn.Config", "stats.PluginConfig"];
+
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
@@ -122,8 +129,20 @@ impl Listener {
     }
 
     fn build(l: &pb::Listener, notes: &mut Notes) -> FieldResult<Self> {
-        let addr = l.address.as_ref().ok_or_else(|| FieldError::new("address", "value is required"))?;
-        let address = socket_address(addr).map_err(|e| e.within("address"))?;
+        // An internal listener (Envoy's user-space listeners, used by Istio's HBONE) has no
+        // socket; Remora does not implement them, so it keeps the resource but never binds it.
+        let internal = l.listener_specifier.is_some() && l.address.is_none();
+        if internal {
+            notes.warn(format!(
+                "listener '{}': internal listeners are not implemented; it is accepted but not started",
+                l.name
+            ));
+        }
+        let address = match &l.address {
+            Some(addr) => socket_address(addr).map_err(|e| e.within("address"))?,
+            None if internal => SocketAddr::from(([0, 0, 0, 0], 0)),
+            None => return Err(FieldError::new("address", "value is required")),
+        };
         if l.api_listener.is_some() {
             return Err(FieldError::new("api_listener", "API listeners are not supported"));
         }
@@ -181,7 +200,7 @@ impl Listener {
             tls_inspector,
             http_inspector,
             use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || original_dst_filter,
-            bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            bind_to_port: !internal && l.bind_to_port.as_ref().is_none_or(|b| b.value),
             per_connection_buffer_limit_bytes: l
                 .per_connection_buffer_limit_bytes
                 .as_ref()
@@ -280,6 +299,9 @@ impl FilterChain {
             let type_name = super::decode::effective_type_name(any)
                 .map_err(|e| FieldError::new(format!("{path}.typed_config"), e.to_string()))?;
             let is_last = i + 1 == fc.filters.len();
+            if HARMLESS_NETWORK_FILTERS.contains(&type_name.as_str()) && !is_last {
+                continue;
+            }
             let this = match type_name.as_str() {
                 HCM => {
                     let pb: PbHcm = unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;

@@ -81,6 +81,7 @@ pub struct RouteMatch {
 
 #[derive(Debug)]
 enum PathMatch {
+    Never,
     Prefix(String),
     Exact(String),
     Regex(Regex),
@@ -571,9 +572,9 @@ impl RouteMatch {
                 }
                 PathMatch::SeparatedPrefix(p.clone())
             }
-            Some(PathSpecifier::ConnectMatcher(_)) => {
-                return Err(FieldError::new("connect_matcher", "CONNECT matching is not supported"))
-            }
+            // CONNECT tunnelling is not implemented: such a route never matches, so a CONNECT
+            // request gets a 404 instead of being forwarded as if it were a plain request.
+            Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Never,
             Some(PathSpecifier::PathMatchPolicy(_)) => {
                 return Err(FieldError::new("path_match_policy", "path templates are not supported"))
             }
@@ -642,7 +643,7 @@ impl RouteMatch {
     pub fn rewrite_prefix(&self) -> Option<&str> {
         match &self.path {
             PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::SeparatedPrefix(p) => Some(p),
-            PathMatch::Regex(_) => None,
+            PathMatch::Regex(_) | PathMatch::Never => None,
         }
     }
 
@@ -659,6 +660,7 @@ impl RouteMatch {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
             PathMatch::Regex(r) => full_match(r, req.path),
+            PathMatch::Never => false,
             PathMatch::SeparatedPrefix(p) => {
                 path.starts_with(p.as_str()) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
