@@ -1,14 +1,19 @@
-//! The `remora` binary: Envoy's command line, plus subcommands (`remora control-plane ...`). Thin:
-//! everything lives in the library.
+//! The `remora` binary: Envoy's command line, plus subcommands (`remora control-plane ...`,
+//! `remora demo`). Thin: everything lives in the library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use remora::bootstrap::cli::{Mode, Options};
 
+mod demo;
+
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("control-plane") {
         return remora::control_plane::cli::main(std::env::args().skip(1));
+    }
+    if std::env::args().nth(1).as_deref() == Some("demo") {
+        return demo::main(std::env::args().skip(1));
     }
     let opts = Options::parse();
     if opts.version {

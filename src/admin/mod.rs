@@ -50,11 +50,36 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
     r
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+/// A query parameter, URL-decoded as Envoy's admin decodes it (`filter=cluster%5C.a` → `cluster\.a`).
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
+        (k == name).then(|| percent_decode(v))
     })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Bytes>> {
@@ -72,11 +97,11 @@ fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Byte
         }
         "/server_info" => text(StatusCode::OK, server_info(state).to_string(), "application/json"),
         "/stats" => {
-            let filter = query_param(&req, "filter").and_then(|f| regex::Regex::new(f).ok());
-            if query_param(&req, "format") == Some("prometheus") {
+            let filter = query_param(&req, "filter").and_then(|f| regex::Regex::new(&f).ok());
+            if query_param(&req, "format").as_deref() == Some("prometheus") {
                 return text(StatusCode::OK, state.stats.render_prometheus(), "text/plain; version=0.0.4");
             }
-            if query_param(&req, "format") == Some("json") {
+            if query_param(&req, "format").as_deref() == Some("json") {
                 let stats: Vec<serde_json::Value> = state
                     .stats
                     .render_text(filter.as_ref())
@@ -92,7 +117,7 @@ fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Byte
         "/clusters" => text(StatusCode::OK, clusters(state), "text/plain; charset=UTF-8"),
         "/listeners" => {
             let snap = state.snapshot();
-            if query_param(&req, "format") == Some("json") {
+            if query_param(&req, "format").as_deref() == Some("json") {
                 let ls: Vec<_> = snap
                     .listeners
                     .iter()
@@ -103,7 +128,7 @@ fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Byte
             let body: String = snap.listeners.iter().map(|l| format!("{}::{}\n", l.name, l.address)).collect();
             text(StatusCode::OK, body, "text/plain; charset=UTF-8")
         }
-        "/config_dump" => match config_dump::render(state, query_param(&req, "resource"), query_param(&req, "include_eds").is_some()) {
+        "/config_dump" => match config_dump::render(state, query_param(&req, "resource").as_deref(), query_param(&req, "include_eds").is_some()) {
             Ok(v) => text(StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default(), "application/json"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e, "text/plain"),
         },
