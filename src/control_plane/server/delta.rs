@@ -10,14 +10,12 @@
 //! Owns: per-stream, per-type subscription state and what the client holds. Must not touch files.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tokio::sync::{mpsc, watch};
-use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::cache::Snapshot;
+use super::Protocol;
 use crate::control_plane::resource::{is_wildcard_type, CLUSTER, ENDPOINT, PUSH_ORDER};
 
 #[derive(Default)]
@@ -181,48 +179,28 @@ impl DeltaStream {
     }
 }
 
-/// Runs one stream until the client goes away.
-/// `default_type` fills an empty `type_url` (the single-type SDS service).
-pub(crate) async fn run(
-    conn: u64,
-    default_type: &'static str,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut requests: tonic::Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let mut stream = DeltaStream::new(conn);
-    let mut snap = snapshots.borrow_and_update().clone();
-    loop {
-        let responses = tokio::select! {
-            msg = requests.message() => match msg {
-                Ok(Some(mut req)) => {
-                    if req.type_url.is_empty() {
-                        req.type_url = default_type.to_string();
-                    }
-                    stream.on_request(req, &snap)
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(conn, %status, "stream error");
-                    break;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                snap = snapshots.borrow_and_update().clone();
-                stream.on_snapshot(&snap)
-            }
-            _ = tx.closed() => break,
-        };
-        for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
-                return;
-            }
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn new(conn: u64) -> Self {
+        DeltaStream::new(conn)
+    }
+    fn default_type_url(req: &mut DeltaDiscoveryRequest, default: &'static str) {
+        if req.type_url.is_empty() {
+            req.type_url = default.to_string();
         }
     }
-    info!(conn, node = %stream.node, "xDS client disconnected (delta)");
+    fn on_request(&mut self, req: DeltaDiscoveryRequest, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snap)
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 #[cfg(test)]

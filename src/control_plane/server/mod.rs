@@ -31,6 +31,61 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::control_plane::resource::SECRET;
 use cache::Cache;
 
+/// One stream's protocol state machine: state of the world or delta.
+pub(crate) trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// For logs.
+    const NAME: &'static str;
+    fn new(conn: u64) -> Self;
+    /// Fills an empty `type_url` (the single-type SDS service sends none).
+    fn default_type_url(req: &mut Self::Request, default: &'static str);
+    fn on_request(&mut self, req: Self::Request, snap: &cache::Snapshot) -> Vec<Self::Response>;
+    fn on_snapshot(&mut self, snap: &cache::Snapshot) -> Vec<Self::Response>;
+    fn node(&self) -> &str;
+}
+
+/// Runs one stream until the client goes away: requests and snapshot changes in, responses out.
+pub(crate) async fn run_stream<P: Protocol>(
+    conn: u64,
+    default_type: &'static str,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<cache::Snapshot>>,
+    mut requests: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let mut stream = P::new(conn);
+    let mut snap = snapshots.borrow_and_update().clone();
+    loop {
+        let responses = tokio::select! {
+            msg = requests.message() => match msg {
+                Ok(Some(mut req)) => {
+                    P::default_type_url(&mut req, default_type);
+                    stream.on_request(req, &snap)
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(conn, %status, "stream error");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                snap = snapshots.borrow_and_update().clone();
+                stream.on_snapshot(&snap)
+            }
+            _ = tx.closed() => break,
+        };
+        for r in responses {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+    tracing::info!(conn, node = %stream.node(), "xDS client disconnected ({})", P::NAME);
+}
+
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
@@ -57,7 +112,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(conn, "", self.cache.subscribe(), request.into_inner(), tx));
+        tokio::spawn(run_stream::<sotw::SotwStream>(conn, "", self.cache.subscribe(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -67,7 +122,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(conn, "", self.cache.subscribe(), request.into_inner(), tx));
+        tokio::spawn(run_stream::<delta::DeltaStream>(conn, "", self.cache.subscribe(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -83,7 +138,7 @@ impl SecretDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
         let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
+        tokio::spawn(run_stream::<delta::DeltaStream>(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -93,7 +148,7 @@ impl SecretDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let conn = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
+        tokio::spawn(run_stream::<sotw::SotwStream>(conn, SECRET, self.cache.subscribe(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

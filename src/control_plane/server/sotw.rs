@@ -11,12 +11,11 @@
 //! Owns: per-stream, per-type subscription state, versions and nonces. Must not touch files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::{mpsc, watch};
-use tonic::Status;
 use tracing::{debug, info, warn};
+
+use super::Protocol;
 
 use super::cache::Snapshot;
 use crate::control_plane::resource::{is_wildcard_type, CLUSTER, ENDPOINT, PUSH_ORDER};
@@ -159,48 +158,28 @@ fn selected(watch: &Watch, type_url: &str, snap: &Snapshot) -> BTreeMap<String, 
     }
 }
 
-/// Runs one stream until the client goes away.
-/// `default_type` fills an empty `type_url` (the single-type SDS service).
-pub(crate) async fn run(
-    conn: u64,
-    default_type: &'static str,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut requests: tonic::Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let mut stream = SotwStream::new(conn);
-    let mut snap = snapshots.borrow_and_update().clone();
-    loop {
-        let responses = tokio::select! {
-            msg = requests.message() => match msg {
-                Ok(Some(mut req)) => {
-                    if req.type_url.is_empty() {
-                        req.type_url = default_type.to_string();
-                    }
-                    stream.on_request(req, &snap)
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(conn, %status, "stream error");
-                    break;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                snap = snapshots.borrow_and_update().clone();
-                stream.on_snapshot(&snap)
-            }
-            _ = tx.closed() => break,
-        };
-        for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
-                return;
-            }
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "state of the world";
+
+    fn new(conn: u64) -> Self {
+        SotwStream::new(conn)
+    }
+    fn default_type_url(req: &mut DiscoveryRequest, default: &'static str) {
+        if req.type_url.is_empty() {
+            req.type_url = default.to_string();
         }
     }
-    info!(conn, node = %stream.node, "xDS client disconnected (state of the world)");
+    fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        SotwStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snap)
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 #[cfg(test)]
