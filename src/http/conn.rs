@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -125,7 +126,17 @@ where
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut drain = state.draining();
+    // When draining starts, responses at once carry `connection: close` (h1, see hcm.rs); only
+    // after a grace period are connections shut down (GOAWAY for h2, closing idle h1). Closing an
+    // "idle" h1 connection at once would race a request the client has already sent on it.
+    let mut shutdown_at: Option<tokio::time::Instant> = None;
     loop {
+        let shutdown_timer = async {
+            match shutdown_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             res = connection.as_mut() => {
                 if let Err(e) = res {
@@ -133,12 +144,19 @@ where
                 }
                 break;
             }
-            changed = drain.changed(), if !*drain.borrow() => {
+            changed = drain.changed(), if shutdown_at.is_none() => {
                 if changed.is_ok() && *drain.borrow() {
-                    // Envoy's drain: h1 gets `connection: close` on its next response, h2 a GOAWAY.
-                    connection.as_mut().graceful_shutdown();
+                    shutdown_at = Some(tokio::time::Instant::now() + DRAIN_GRACE.min(state.drain_time));
                 }
+            }
+            _ = shutdown_timer => {
+                connection.as_mut().graceful_shutdown();
+                shutdown_at = Some(tokio::time::Instant::now() + Duration::from_secs(86_400));
             }
         }
     }
 }
+
+/// How long connections keep serving (with `connection: close` on h1 responses) after draining
+/// starts, before idle ones are closed and h2 peers get a GOAWAY.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
