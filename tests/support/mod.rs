@@ -42,7 +42,24 @@ pub const LOCALHOST: &str = "127.0.0.1";
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, release it).
 ///
 /// There is a small window in which another process could take it; tests accept that.
+///
+/// Ports are drawn from below the kernel's ephemeral range (`ip_local_port_range`, 32768+ by
+/// default), where port-0 binds and outgoing connections never land: otherwise a port handed out
+/// here and released could be taken by a concurrently started upstream (bound to port 0) before
+/// the proxy binds it. Each candidate is checked free by binding it; a process-wide counter
+/// spreads concurrent tests over the range.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if StdTcpListener::bind((LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     let listener = StdTcpListener::bind((LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
 }
