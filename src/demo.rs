@@ -69,14 +69,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the subcommand (`args` starts with `demo`) until Ctrl-C or `--duration`.
 pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let args = Args::parse_from(args);
-    let filter = tracing_subscriber::EnvFilter::try_new(args.log_level.replace("warning", "warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    remora::telemetry::logging::init(&args.log_level.replace("warning", "warn"), "warn", None);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

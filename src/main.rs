@@ -76,20 +76,7 @@ fn build_runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime>
 }
 
 fn init_logging(opts: &Options) {
-    let filter = tracing_subscriber::EnvFilter::try_new(opts.tracing_filter())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if let Some(path) = &opts.log_path {
-        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            builder.with_writer(std::sync::Mutex::new(file)).init();
-            return;
-        }
-    }
-    builder.init();
+    remora::telemetry::logging::init(&opts.tracing_filter(), "info", opts.log_path.as_deref());
 }
 
 /// glibc raises its trim threshold after large frees, so buffers of connections that have closed

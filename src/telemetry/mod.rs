@@ -2,4 +2,5 @@
 //! and Prometheus renderings. Must not block the data path: updates are single atomic operations on
 //! handles resolved when a snapshot is applied.
 
+pub mod logging;
 pub mod stats;
