@@ -5,6 +5,8 @@
 //! * `ads_sotw_warms_and_serves` / `ads_delta_warms_and_serves`: listener (RDS), route, EDS
 //!   cluster arrive; the cluster warms until its endpoints arrive and `/ready` stays 503 until
 //!   then; traffic flows; stats and `/config_dump` show the dynamic resources with versions.
+//! * `endpoint_updates_keep_pooled_connections`: EDS adds and removes an endpoint; the cluster's
+//!   pool keeps the connection to the endpoint that stays.
 //! * `updates_drop_no_connection`: a slow request started before an LDS + CDS + RDS change
 //!   completes with 200; the listener is updated in place.
 //! * `control_plane_outage`: the control plane is killed for 30 s and restarted on the same port
@@ -120,6 +122,57 @@ async fn ads_sotw_warms_and_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ads_delta_warms_and_serves() {
     warms_and_serves("DELTA_GRPC").await;
+}
+
+/// An EDS update that only changes endpoints keeps the cluster's pools, as Envoy does: the
+/// connection to an endpoint that stays is reused, only a new endpoint gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_updates_keep_pooled_connections() {
+    let a = Upstream::start("a").await.expect("upstream a");
+    let b = Upstream::start("b").await.expect("upstream b");
+    let config = TempDir::new("remora-xds-config").expect("temp dir");
+    let dir = config.path();
+    let port = free_port();
+    write_atomic(dir, "listener.yaml", &rds_listener("web", port, "web_route"));
+    write_atomic(dir, "route.yaml", &route_config("web_route", "backend", "15s"));
+    write_atomic(dir, "cluster.yaml", &eds_cluster("backend", "1s"));
+    write_atomic(dir, "endpoints.json", &endpoints("backend", &[a.port()]));
+    let cp = ControlPlane::start(dir, any_port(), &[]);
+    let remora = Remora::start(cp.addr, "DELTA_GRPC", &[]).await;
+    remora.wait_live(Duration::from_secs(20)).await;
+    assert!(wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(5)).await);
+    let client = http_client();
+    let send = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            for i in 0..n {
+                let (status, body) = get(&client, port, "example.com", "/", &[]).await.expect("request");
+                assert_eq!(status, 200, "request {i}: {body}");
+                *seen.entry(upstream_of(&body)).or_default() += 1;
+            }
+            seen
+        }
+    };
+    assert_eq!(send(10).await.get("a"), Some(&10));
+    assert_eq!(remora.stat("cluster.backend.upstream_cx_total").await, 1);
+
+    // b joins: requests spread over both; a's connection is the one already open.
+    let updates = remora.stat("cluster.backend.update_success").await;
+    write_atomic(dir, "endpoints.json", &endpoints("backend", &[a.port(), b.port()]));
+    remora.wait_stat("cluster.backend.update_success", updates + 1, Duration::from_secs(10)).await;
+    let seen = send(20).await;
+    assert!(seen.get("a").is_some_and(|n| *n > 0) && seen.get("b").is_some_and(|n| *n > 0), "{seen:?}");
+    assert_eq!(remora.stat("cluster.backend.upstream_cx_total").await, 2, "a's connection was not reused");
+    assert_eq!(remora.stat("cluster.backend.membership_total").await, 2);
+
+    // b leaves: everything goes to a, still over its first connection.
+    let updates = remora.stat("cluster.backend.update_success").await;
+    write_atomic(dir, "endpoints.json", &endpoints("backend", &[a.port()]));
+    remora.wait_stat("cluster.backend.update_success", updates + 1, Duration::from_secs(10)).await;
+    assert_eq!(send(10).await.get("a"), Some(&10));
+    assert_eq!(remora.stat("cluster.backend.upstream_cx_total").await, 2);
+    assert_eq!(remora.stat("cluster.backend.membership_total").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

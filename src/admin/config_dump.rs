@@ -23,13 +23,13 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
     let snap = state.snapshot();
     let dynamic = state.dynamic_config();
     let dynamic_names: std::collections::HashSet<&str> =
-        dynamic.active_clusters.iter().map(|c| c.proto.name.as_str()).collect();
+        dynamic.active_clusters.iter().map(|c| c.name.as_str()).collect();
     let dynamic_listeners: std::collections::HashSet<&str> =
         dynamic.listeners.iter().map(|l| l.name.as_str()).collect();
     let cluster_state = |e: &crate::model::dynamic::DumpEntry<envoy_types::pb::envoy::config::cluster::v3::Cluster>| {
         admin::clusters_config_dump::DynamicCluster {
             version_info: e.version.clone(),
-            cluster: Some(any(&*e.proto)),
+            cluster: Some(e.proto.to_any()),
             last_updated: timestamp(e.last_updated),
             ..Default::default()
         }
@@ -38,7 +38,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
         |e: &crate::model::dynamic::DumpEntry<envoy_types::pb::envoy::config::listener::v3::Listener>| {
             admin::listeners_config_dump::DynamicListenerState {
                 version_info: e.version.clone(),
-                listener: Some(any(&*e.proto)),
+                listener: Some(e.proto.to_any()),
                 last_updated: timestamp(e.last_updated),
             }
         };
@@ -51,7 +51,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
             cs.sort_by(|a, b| a.name.cmp(&b.name));
             cs.iter()
                 .map(|c| admin::clusters_config_dump::StaticCluster {
-                    cluster: Some(any(&*c.proto)),
+                    cluster: Some(c.proto.to_any()),
                     last_updated: None,
                 })
                 .collect()
@@ -74,7 +74,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
             .iter()
             .filter(|l| !dynamic_listeners.contains(l.name.as_str()))
             .map(|l| admin::listeners_config_dump::StaticListener {
-                listener: Some(any(&*l.proto)),
+                listener: Some(l.proto.to_any()),
                 last_updated: None,
             })
             .collect(),
@@ -86,7 +86,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
             .iter()
             .map(|r| admin::routes_config_dump::DynamicRouteConfig {
                 version_info: r.version.clone(),
-                route_config: Some(any(&*r.proto)),
+                route_config: Some(r.proto.to_any()),
                 last_updated: timestamp(r.last_updated),
                 ..Default::default()
             })
@@ -101,7 +101,7 @@ pub fn render(state: &ProxyState, resource: Option<&str>, include_eds: bool) -> 
                 .iter()
                 .map(|e| admin::endpoints_config_dump::DynamicEndpointConfig {
                     version_info: e.version.clone(),
-                    endpoint_config: Some(any(&*e.proto)),
+                    endpoint_config: Some(e.proto.to_any()),
                     last_updated: timestamp(e.last_updated),
                     ..Default::default()
                 })

@@ -179,10 +179,11 @@ fn server_info(state: &ProxyState) -> serde_json::Value {
 fn clusters(state: &ProxyState) -> String {
     let mut out = String::new();
     let mut all: Vec<_> = state.clusters.all().values().cloned().collect();
-    all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    all.sort_by(|a, b| a.config().name.cmp(&b.config().name));
     for c in all {
-        let n = &c.config.name;
-        let t = c.config.circuit_breakers;
+        let config = c.config();
+        let n = &config.name;
+        let t = config.circuit_breakers;
         out.push_str(&format!("{n}::observability_name::{n}\n"));
         for (k, v) in [
             ("max_connections", t.max_connections),

@@ -197,7 +197,7 @@ pub async fn forward(
             Ok(p) => p,
             Err(_) => {
                 let pending = cluster.pending.fetch_add(1, Ordering::Relaxed);
-                if pending >= cluster.config.circuit_breakers.max_pending_requests {
+                if pending >= cluster.config().circuit_breakers.max_pending_requests {
                     cluster.pending.fetch_sub(1, Ordering::Relaxed);
                     cluster.stats.rq_pending_overflow.inc();
                     let mut r = local.reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::OVERFLOW_BODY, attempt);
@@ -528,7 +528,7 @@ fn should_retry_response(r: &RetryPolicy, status: StatusCode, headers: &http::He
 /// until the returned guard drops (after its attempt).
 fn take_retry(cluster: &Arc<ClusterState>) -> Option<RetryGuard> {
     let active = cluster.active_retries.fetch_add(1, Ordering::Relaxed);
-    if active >= cluster.config.circuit_breakers.max_retries {
+    if active >= cluster.config().circuit_breakers.max_retries {
         cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
         cluster.stats.rq_retry_overflow.inc();
         return None;
@@ -660,7 +660,7 @@ fn take_millis(headers: &mut http::HeaderMap, name: &'static str) -> Option<Dura
 /// The upstream of an ORIGINAL_DST cluster: the `x-envoy-original-dst-host` header when the
 /// cluster opts into it, else the downstream connection's original destination.
 fn original_destination(cluster: &ClusterState, headers: &http::HeaderMap, meta: &RequestMeta) -> Option<SocketAddr> {
-    if let Some(name) = &cluster.config.original_dst_header {
+    if let Some(name) = &cluster.config().original_dst_header {
         if let Some(addr) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
             return Some(addr);
         }

@@ -33,7 +33,11 @@ pub struct Cluster {
     pub per_connection_buffer_limit_bytes: u32,
     /// ORIGINAL_DST with `use_http_header`: the header naming the destination.
     pub original_dst_header: Option<http::HeaderName>,
-    pub proto: Arc<pb::Cluster>,
+    pub proto: super::retained::Retained<pb::Cluster>,
+    /// The cluster as defined, before EDS endpoints were folded into `proto` (the same bytes for
+    /// clusters that are not EDS). Two versions with equal definitions differ only in endpoints,
+    /// which the cluster manager applies in place, keeping pools.
+    pub definition: super::retained::Retained<pb::Cluster>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +134,7 @@ impl Cluster {
     }
 
     fn build(c: &pb::Cluster, notes: &mut Notes) -> FieldResult<Self> {
+        let proto = super::retained::Retained::encode(c);
         if c.name.is_empty() {
             return Err(FieldError::new("name", "value length must be at least 1 characters"));
         }
@@ -264,7 +269,8 @@ impl Cluster {
                 }
                 _ => None,
             },
-            proto: Arc::new(c.clone()),
+            proto: proto.clone(),
+            definition: proto,
         })
     }
 }

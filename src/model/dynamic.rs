@@ -19,18 +19,25 @@ use super::cluster::Discovery;
 use super::error::ConfigError;
 use super::hcm::RouteSource;
 use super::listener::NetworkTerminal;
+use super::retained::Retained;
 use super::{Cluster, Listener, Notes, Snapshot};
 
 /// An EDS cluster with `cla` as its endpoints. The endpoints are folded into the cluster's proto so
 /// that a change of endpoints is a change of the cluster for the cluster manager, while an
 /// unchanged cluster with unchanged endpoints compares equal and keeps its state.
-pub fn eds_cluster(c: &cluster_pb::Cluster, cla: &ClusterLoadAssignment) -> Result<Cluster, ConfigError> {
-    let mut proto = c.clone();
-    let mut cla = cla.clone();
-    cla.cluster_name = c.name.clone();
+pub fn eds_cluster(
+    c: &Retained<cluster_pb::Cluster>,
+    cla: &Retained<ClusterLoadAssignment>,
+) -> Result<Cluster, ConfigError> {
+    let undecodable = |e: prost::DecodeError| ConfigError::new("cluster", "", "", format!("cannot decode: {e}"));
+    let mut proto = c.decode().map_err(undecodable)?;
+    let mut cla = cla.decode().map_err(undecodable)?;
+    cla.cluster_name = proto.name.clone();
     proto.load_assignment = Some(cla);
     let mut notes = Notes::default();
-    Cluster::from_proto(&proto, &mut notes)
+    let mut cluster = Cluster::from_proto(&proto, &mut notes)?;
+    cluster.definition = c.clone();
+    Ok(cluster)
 }
 
 /// The EDS resource name a cluster needs, if it is an EDS cluster.
@@ -107,8 +114,9 @@ pub fn assemble(
 /// One accepted version of a dynamic resource, for `/config_dump`.
 #[derive(Debug, Clone)]
 pub struct DumpEntry<P> {
+    pub name: String,
     pub version: String,
-    pub proto: Arc<P>,
+    pub proto: Retained<P>,
     pub last_updated: SystemTime,
 }
 

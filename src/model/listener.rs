@@ -43,7 +43,7 @@ pub struct Listener {
     pub bind_to_port: bool,
     pub per_connection_buffer_limit_bytes: u32,
     pub listener_filters_timeout: Option<Duration>,
-    pub proto: Arc<pb::Listener>,
+    pub proto: super::retained::Retained<pb::Listener>,
 }
 
 #[derive(Debug)]
@@ -211,7 +211,7 @@ impl Listener {
                 }
                 None => Some(Duration::from_secs(15)),
             },
-            proto: Arc::new(l.clone()),
+            proto: super::retained::Retained::encode(l),
         })
     }
 

@@ -16,6 +16,7 @@ pub mod hcm;
 pub mod headers;
 pub mod listener;
 pub mod matcher;
+pub mod retained;
 pub mod route;
 pub mod tls;
 

@@ -133,13 +133,21 @@ async fn drain(state: &ProxyState) {
 /// the pages back to the OS so an idle sidecar stays small.
 pub fn release_config_memory() {
     crate::bootstrap::decode::release_pool();
+    trim_heap();
+    #[cfg(target_os = "linux")]
+    page_out_startup_code();
+}
+
+/// Hands free heap pages back to the OS. Applying a large xDS update decodes every resource of the
+/// response before the models are built, so the heap's high-water mark is well above what the
+/// configuration keeps; glibc holds such pages until asked (a few milliseconds for a 100 MB heap,
+/// once per applied update, never per request).
+pub fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
     }
-    #[cfg(target_os = "linux")]
-    page_out_startup_code();
 }
 
 /// Most of the binary's code is config parsing (the Envoy API's generated decoders, reflection,

@@ -57,6 +57,10 @@ impl crate::xds::Sink for ServerSink {
             for e in manager.apply(&listeners).await {
                 tracing::error!(listener = %e.name, address = %e.address, error = %e.error, "listener not started");
             }
+            drop(manager);
+            let started = std::time::Instant::now();
+            super::trim_heap();
+            tracing::debug!(elapsed = ?started.elapsed(), "heap trimmed after applying dynamic configuration");
         })
     }
 }

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::validate::{decode, Decoded};
 use super::{Accepted, ActiveCluster, ActiveListener, Engine, Incoming, Kind};
 use crate::model::dynamic::{assemble, eds_cluster, eds_service_name, rds_routes};
+use crate::model::retained::Retained;
 use crate::model::ConfigError;
 use crate::state::ServerState;
 use crate::xds::config::{ads_source, FetchTimeout, DEFAULT_INITIAL_FETCH_TIMEOUT};
@@ -38,22 +39,22 @@ pub struct Update {
 /// Inserts or replaces `name` with a checked resource.
 fn upsert<P, M>(
     map: &mut BTreeMap<String, Accepted<P, M>>,
-    name: &str,
-    version: &str,
-    proto: P,
-    seq: u64,
-    build: impl FnOnce(&P) -> Result<M, ConfigError>,
+    (name, version, seq): (&str, &str, u64),
+    proto: Retained<P>,
+    checked: Result<(M, FetchTimeout), ConfigError>,
 ) -> Result<bool, ConfigError> {
-    let model = build(&proto)?;
+    let (model, warm_timeout) = checked?;
     map.insert(
         name.to_string(),
         Accepted {
+            name: name.to_string(),
             version: version.to_string(),
-            proto: Arc::new(proto),
+            proto,
             model,
             updated: SystemTime::now(),
             seq,
             since: Instant::now(),
+            warm_timeout,
         },
     );
     Ok(true)
@@ -81,39 +82,43 @@ impl Engine {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut outcomes: Vec<(String, bool)> = Vec::new();
         for (i, r) in u.resources.into_iter().enumerate() {
-            let hint = if r.name.is_empty() { format!("resources[{i}]") } else { r.name.clone() };
-            let decoded = match decode(u.kind, &r.any, &hint) {
+            let Incoming { name: resource_name, version: resource_version, any } = r;
+            let hint = if resource_name.is_empty() { format!("resources[{i}]") } else { resource_name.clone() };
+            let decoded = match decode(u.kind, &any, &hint) {
                 Ok(d) => d,
                 Err(e) => {
-                    if !r.name.is_empty() {
-                        seen.insert(r.name.clone());
+                    if !resource_name.is_empty() {
+                        seen.insert(resource_name);
                     }
                     errors.push(e);
                     continue;
                 }
             };
-            let name = if decoded.name().is_empty() { r.name.clone() } else { decoded.name().to_string() };
+            let name = if decoded.name().is_empty() { resource_name } else { decoded.name().to_string() };
             seen.insert(name.clone());
-            let version = if r.version.is_empty() { u.system_version.clone() } else { r.version.clone() };
+            let version = if resource_version.is_empty() { u.system_version.clone() } else { resource_version };
             let seq = self.next_seq();
-            // An identical re-send keeps the accepted entry untouched (and is not re-validated).
+            let entry = (name.as_str(), version.as_str(), seq);
+            let bytes = bytes::Bytes::from(any.value);
+            // An identical re-send (byte for byte) keeps the accepted entry untouched: its warming
+            // clock and sequence number, and it is not re-validated.
             macro_rules! apply {
-                ($map:ident, $proto:expr, $check:expr) => {{
-                    let proto = $proto;
-                    if self.$map.get(&name).is_some_and(|a| *a.proto == proto) {
+                ($map:ident, $check:expr) => {{
+                    let proto = Retained::from_encoded(bytes);
+                    if self.$map.get(&name).is_some_and(|a| a.proto == proto) {
                         Ok(false)
                     } else {
-                        let checked = $check(&proto);
-                        upsert(&mut self.$map, &name, &version, proto, seq, |_| checked)
+                        let checked = $check;
+                        upsert(&mut self.$map, entry, proto, checked)
                     }
                 }};
             }
-            let result = match decoded {
-                Decoded::Cluster(c) => apply!(clusters, *c, |c| self.check_cluster(c)),
-                Decoded::Listener(l) => apply!(listeners, *l, |l| self.check_listener(l)),
-                Decoded::Route(rc) => apply!(routes, rc, |r| self.check_route(r)),
-                Decoded::Endpoint(cla) => apply!(endpoints, cla, |c| self.check_endpoints(c)),
-                Decoded::Secret(sec) => apply!(secrets, sec, |_: &_| Ok::<(), ConfigError>(())),
+            let result = match &decoded {
+                Decoded::Cluster(c) => apply!(clusters, self.check_cluster(c).map(|m| (m, eds_timeout(c)))),
+                Decoded::Listener(l) => apply!(listeners, self.check_listener(l).map(|m| (m, None))),
+                Decoded::Route(rc) => apply!(routes, self.check_route(rc).map(|m| (m, None))),
+                Decoded::Endpoint(cla) => apply!(endpoints, self.check_endpoints(cla).map(|m| (m, None))),
+                Decoded::Secret(_) => apply!(secrets, Ok(((), None))),
             };
             match result {
                 Ok(changed) => {
@@ -216,7 +221,7 @@ impl Engine {
                             Some(ActiveCluster { seq: acc.seq, cla_seq: Some(cla.seq), model, dump: acc.dump() })
                         }
                     },
-                    None if timed_out(acc.since, eds_timeout(&acc.proto), now) => {
+                    None if timed_out(acc.since, acc.warm_timeout, now) => {
                         Some(ActiveCluster { seq: acc.seq, cla_seq: None, model: acc.model.clone(), dump: acc.dump() })
                     }
                     None => {
@@ -244,6 +249,7 @@ impl Engine {
                         cla_seq: Some(cla.seq),
                         model: Arc::new(m),
                         dump: crate::model::dynamic::DumpEntry {
+                            name: name.clone(),
                             version: String::new(),
                             proto: proto.clone(),
                             last_updated: SystemTime::now(),
@@ -331,7 +337,7 @@ impl Engine {
         }
         for name in &self.warming_clusters {
             if let Some(acc) = self.clusters.get(name) {
-                if let Some(t) = eds_timeout(&acc.proto) {
+                if let Some(t) = acc.warm_timeout {
                     consider(acc.since + t);
                 }
             }

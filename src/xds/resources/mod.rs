@@ -28,6 +28,7 @@ use super::config::{FetchTimeout, XdsConfig};
 use super::stats::XdsStats;
 use super::{Kind, Sink};
 use crate::model::dynamic::DumpEntry;
+use crate::model::retained::Retained;
 use crate::model::{Cluster, Listener, RouteTable, Snapshot};
 use crate::state::ProxyState;
 
@@ -36,19 +37,27 @@ pub use apply::Update;
 /// One accepted version of a resource.
 #[derive(Debug)]
 pub struct Accepted<P, M> {
+    pub name: String,
     pub version: String,
-    pub proto: Arc<P>,
+    pub proto: Retained<P>,
     pub model: M,
     pub updated: SystemTime,
     /// Changes whenever the resource changes (unchanged re-sends keep it).
     pub seq: u64,
     /// When this version was accepted (its warming started).
     pub since: Instant,
+    /// How long it may warm: a cluster's EDS `initial_fetch_timeout` (others warm by their kind's).
+    pub warm_timeout: FetchTimeout,
 }
 
 impl<P, M> Accepted<P, M> {
     fn dump(&self) -> DumpEntry<P> {
-        DumpEntry { version: self.version.clone(), proto: self.proto.clone(), last_updated: self.updated }
+        DumpEntry {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            proto: self.proto.clone(),
+            last_updated: self.updated,
+        }
     }
 }
 
