@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod http;
 pub mod listener;
 pub mod model;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod tcp;

@@ -6,6 +6,8 @@
 //! * plus `match_typed_subject_alt_names` (URI `spiffe://…`) — a certificate with another SPIFFE
 //!   ID is refused and counted in `ssl.fail_verify_san`; the right one is accepted.
 
+#[path = "e2e/pki.rs"]
+mod pki;
 mod support;
 #[path = "e2e/util.rs"]
 mod util;
@@ -17,7 +19,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use pki::{ca, leaf};
+use rcgen::KeyPair;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
@@ -46,27 +49,6 @@ fn write(dir: &Path, name: &str, cert: &rcgen::Certificate, key: &KeyPair) -> Pe
     std::fs::write(&pem.cert, cert.pem()).expect("write cert");
     std::fs::write(&pem.key, key.serialize_pem()).expect("write key");
     pem
-}
-
-fn ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().expect("CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).expect("self-signed CA");
-    (cert, Issuer::new(params, key))
-}
-
-fn leaf(issuer: &Issuer<'_, KeyPair>, cn: &str, dns: &[&str], uri: Option<&str>) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("leaf key");
-    let mut params = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    if let Some(uri) = uri {
-        params.subject_alt_names.push(SanType::URI(uri.try_into().expect("URI SAN")));
-    }
-    let cert = params.signed_by(&key, issuer).expect("sign leaf");
-    (cert, key)
 }
 
 fn make_pki(dir: &Path) -> Pki {

@@ -60,12 +60,6 @@ impl ListenerRuntime {
         let chain = |fc: &Arc<FilterChain>, path: String| -> Result<ChainRuntime, ConfigError> {
             let tls = match fc.tls.as_ref().map(|t| crate::tls::server_config(t)) {
                 Some(Ok(cfg)) => Some(TlsAcceptor::from(cfg)),
-                // The certificate arrives at run time; until then the chain refuses connections
-                // rather than serving them in plaintext.
-                Some(Err(crate::tls::TlsError::SdsUnavailable(name))) => {
-                    let reason = format!("waiting for SDS secret '{name}'");
-                    return Ok(ChainRuntime { config: fc.clone(), tls: None, terminal: Terminal::Closed(reason) });
-                }
                 Some(Err(e)) => {
                     return Err(ConfigError::new(
                         "listener",

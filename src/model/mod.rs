@@ -143,8 +143,13 @@ pub fn from_bootstrap(b: &Bootstrap) -> Result<Snapshot, ConfigError> {
         }
         snapshot.listeners.push(Arc::new(listener));
     }
-    if !sr.secrets.is_empty() {
-        notes.warn("static secrets are not implemented yet".into());
+    // Static secrets go straight into the process's secret table (the TLS contexts that name them
+    // are built after this, from the same table); a bad one fails the bootstrap like Envoy.
+    for (i, secret) in sr.secrets.iter().enumerate() {
+        let value = crate::secrets::SecretValue::from_proto(secret).map_err(|e| {
+            ConfigError::new("secret", &secret.name, format!("static_resources.secrets[{i}]"), e.to_string())
+        })?;
+        crate::secrets::store().set(&secret.name, value);
     }
     check_referenced_paths(b)?;
     snapshot.notes = notes.list;

@@ -47,13 +47,59 @@ pub struct SanMatcher {
 #[derive(Debug, Clone, Default)]
 pub struct CommonTls {
     pub certificates: Vec<CertificateKey>,
-    /// SDS secret names for the certificate and the validation context (resolved by `identity`).
-    pub certificate_sds: Vec<String>,
-    pub validation_sds: Option<String>,
+    /// SDS secrets for the certificate and the validation context (resolved by `secrets`).
+    pub certificate_sds: Vec<SdsRef>,
+    pub validation_sds: Option<SdsRef>,
     pub validation: Option<Validation>,
     pub alpn: Vec<String>,
     pub min_version: Option<TlsVersion>,
     pub max_version: Option<TlsVersion>,
+}
+
+/// A secret named by an `SdsSecretConfig`, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsRef {
+    pub name: String,
+    pub source: SdsSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdsSource {
+    /// No `sds_config`: the bootstrap's `static_resources.secrets`.
+    Static,
+    /// Path-based SDS: a file with a `DiscoveryResponse` of secrets.
+    File(std::path::PathBuf),
+    /// Over the ADS stream.
+    Ads,
+    /// A `SecretDiscoveryService` reached through this cluster (Istio: `sds-grpc`).
+    Grpc { cluster: String },
+    /// A source Envoy accepts that Remora cannot fetch from (`google_grpc`, REST); the reason.
+    Unsupported(String),
+}
+
+fn sds_ref(s: &pb::SdsSecretConfig) -> FieldResult<SdsRef> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    if s.name.is_empty() {
+        return Err(FieldError::new("name", "value length must be at least 1 characters"));
+    }
+    let source = match s.sds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref()) {
+        None => SdsSource::Static,
+        Some(ConfigSourceSpecifier::Path(p)) => SdsSource::File(p.into()),
+        Some(ConfigSourceSpecifier::PathConfigSource(p)) => SdsSource::File(p.path.clone().into()),
+        Some(ConfigSourceSpecifier::Ads(_)) => SdsSource::Ads,
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+            match api.grpc_services.first().and_then(|g| g.target_specifier.as_ref()) {
+                Some(TargetSpecifier::EnvoyGrpc(g)) => SdsSource::Grpc { cluster: g.cluster_name.clone() },
+                _ => SdsSource::Unsupported("SDS over google_grpc or REST".into()),
+            }
+        }
+        Some(_) => SdsSource::Unsupported("this kind of SDS config source".into()),
+    };
+    if let SdsSource::File(path) = &source {
+        super::require_existing_path(&path.to_string_lossy()).map_err(|e| e.within("sds_config"))?;
+    }
+    Ok(SdsRef { name: s.name.clone(), source })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,11 +185,8 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
         });
     }
     for (i, sds) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
-        if let Some(path) = sds.sds_config.as_ref().and_then(super::config_source_path) {
-            super::require_existing_path(path)
-                .map_err(|e| e.within(&format!("tls_certificate_sds_secret_configs[{i}].sds_config")))?;
-        }
-        out.certificate_sds.push(sds.name.clone());
+        out.certificate_sds
+            .push(sds_ref(sds).map_err(|e| e.within(&format!("tls_certificate_sds_secret_configs[{i}]")))?);
     }
     match &c.validation_context_type {
         None => {}
@@ -151,11 +194,7 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
             out.validation = Some(validation(v).map_err(|e| e.within("validation_context"))?)
         }
         Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
-            if let Some(path) = s.sds_config.as_ref().and_then(super::config_source_path) {
-                super::require_existing_path(path)
-                    .map_err(|e| e.within("validation_context_sds_secret_config.sds_config"))?;
-            }
-            out.validation_sds = Some(s.name.clone())
+            out.validation_sds = Some(sds_ref(s).map_err(|e| e.within("validation_context_sds_secret_config"))?)
         }
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             if let Some(d) = &cv.default_validation_context {
@@ -163,7 +202,12 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
                     validation(d).map_err(|e| e.within("combined_validation_context.default_validation_context"))?,
                 );
             }
-            out.validation_sds = cv.validation_context_sds_secret_config.as_ref().map(|s| s.name.clone());
+            out.validation_sds = cv
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(sds_ref)
+                .transpose()
+                .map_err(|e| e.within("combined_validation_context.validation_context_sds_secret_config"))?;
         }
         Some(_) => {
             return Err(FieldError::new(

@@ -2,16 +2,19 @@
 //! inspection (SNI, ALPN) for filter-chain matching.
 //!
 //! Owns: building `rustls` server and client configs and checking peer identities. Must not fetch
-//! certificates (that is `identity`'s job) or read config files.
+//! certificates (`secrets` and `identity` do) or read config files.
 
 pub mod client_hello;
+mod dynamic;
 
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use dynamic::{CertSource, ClientVerifier, RootsSource, ServerVerifier};
 
 use crate::model::tls::{CommonTls, DownstreamTls, SanMatcher, SanType, TlsVersion, UpstreamTls, Validation};
 
@@ -25,8 +28,6 @@ pub enum TlsError {
     TrustedCa(String),
     #[error("TLS context: {0}")]
     Config(String),
-    #[error("certificates from SDS secret '{0}' are not available (SDS is not implemented yet)")]
-    SdsUnavailable(String),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -64,7 +65,8 @@ fn key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::PrivateKey(e.to_string()))
 }
 
-fn roots(v: &Validation) -> Result<Option<RootCertStore>, TlsError> {
+/// The trusted CAs of a validation context, if it has any.
+pub fn root_store(v: &Validation) -> Result<Option<RootCertStore>, TlsError> {
     let Some(ca) = &v.trusted_ca else {
         return Ok(None);
     };
@@ -79,29 +81,37 @@ fn roots(v: &Validation) -> Result<Option<RootCertStore>, TlsError> {
     Ok(Some(store))
 }
 
+/// The context's certificate: inline/file material, or the SDS secret it names.
+fn cert_source(c: &CommonTls) -> Result<Option<CertSource>, TlsError> {
+    if let Some(ck) = c.certificates.first() {
+        return Ok(Some(CertSource::Fixed(certified_key_from_pem(&ck.certificate_chain, &ck.private_key)?)));
+    }
+    match c.certificate_sds.first() {
+        Some(r) => Ok(Some(CertSource::Sds(crate::secrets::store().slot(r)?))),
+        None => Ok(None),
+    }
+}
+
+/// The context's trust anchors: the SDS validation secret if one is named (a combined validation
+/// context takes its CA from there), else `trusted_ca`.
+fn roots_source(c: &CommonTls) -> Result<Option<RootsSource>, TlsError> {
+    if let Some(r) = &c.validation_sds {
+        return Ok(Some(RootsSource::Sds(crate::secrets::store().slot(r)?)));
+    }
+    Ok(c.validation.as_ref().map(root_store).transpose()?.flatten().map(|s| RootsSource::Fixed(Arc::new(s))))
+}
+
 /// A server config for a filter chain's `DownstreamTlsContext`.
 pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let c = &t.common;
-    if let Some(name) = c.certificate_sds.first() {
-        if c.certificates.is_empty() {
-            return Err(TlsError::SdsUnavailable(name.clone()));
-        }
-    }
-    let ck = c
-        .certificates
-        .first()
-        .ok_or_else(|| TlsError::Config("No TLS certificates found for server context".into()))?;
-    let chain = certs(&ck.certificate_chain)?;
-    let key = key(&ck.private_key)?;
+    let cert =
+        cert_source(c)?.ok_or_else(|| TlsError::Config("No TLS certificates found for server context".into()))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let roots = c.validation.as_ref().map(roots).transpose()?.flatten();
-    let builder = match roots {
-        Some(store) => {
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider());
-            let v = if t.require_client_certificate { v } else { v.allow_unauthenticated() };
-            builder.with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+    let builder = match roots_source(c)? {
+        Some(roots) => {
+            builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(roots, t.require_client_certificate)))
         }
         None if t.require_client_certificate => {
             return Err(TlsError::Config(
@@ -110,34 +120,24 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_cert_resolver(Arc::new(FixedCert(certified_key(chain, key)?)));
+    let mut cfg = builder.with_cert_resolver(Arc::new(cert));
     cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
-/// Pairs a chain with its key. rustls's own pairing parses the leaf with webpki, which refuses
-/// X.509 v1 certificates that BoringSSL (and so Envoy) serves; only a real key mismatch is an error.
-fn certified_key(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-    let signing = provider().key_provider.load_private_key(key).map_err(|e| TlsError::PrivateKey(e.to_string()))?;
-    let ck = rustls::sign::CertifiedKey::new(chain, signing);
+/// Parses a PEM chain and key and pairs them. rustls's own pairing parses the leaf with webpki,
+/// which refuses X.509 v1 certificates that BoringSSL (and so Envoy) serves; only a real key
+/// mismatch is an error.
+pub fn certified_key_from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = certs(chain_pem)?;
+    let signing =
+        provider().key_provider.load_private_key(key(key_pem)?).map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             Err(TlsError::PrivateKey("the private key does not match the certificate".into()))
         }
         _ => Ok(Arc::new(ck)),
-    }
-}
-
-/// Serves one certificate whatever the ClientHello says.
-#[derive(Debug)]
-struct FixedCert(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for FixedCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
     }
 }
 
@@ -147,16 +147,14 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let roots = c.validation.as_ref().map(roots).transpose()?.flatten();
-    let builder = match roots {
-        Some(store) => builder.with_root_certificates(store),
+    let sans = c.validation.as_ref().map(|v| v.san_matchers.clone()).unwrap_or_default();
+    let builder = match roots_source(c)? {
+        Some(roots) => builder.dangerous().with_custom_certificate_verifier(Arc::new(ServerVerifier::new(roots, sans))),
         // Envoy without a validation context does not verify the server at all.
         None => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
     };
-    let mut cfg = match c.certificates.first() {
-        Some(ck) => builder
-            .with_client_auth_cert(certs(&ck.certificate_chain)?, key(&ck.private_key)?)
-            .map_err(|e| TlsError::PrivateKey(e.to_string()))?,
+    let mut cfg = match cert_source(c)? {
+        Some(cert) => builder.with_client_cert_resolver(Arc::new(cert)),
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();

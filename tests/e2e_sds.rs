@@ -1,0 +1,270 @@
+//! End to end: TLS material from SDS, rotated live. A Remora listener takes its certificate and
+//! its client-CA from path-based SDS (`sds_config.path_config_source`, the way file-mounted
+//! secrets are delivered); an upstream cluster takes its client certificate from the bootstrap's
+//! `static_resources.secrets`.
+//!
+//! * `listener_certificate_rotates_without_dropping_connections`: a keep-alive mTLS connection is
+//!   opened, the SDS file is replaced with a new certificate; new handshakes get the new
+//!   certificate within a second or so, and the connection opened before keeps serving requests.
+//! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
+//!   client certificate from a static secret and the upstream verified against its CA with a
+//!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
+
+#[path = "e2e/pki.rs"]
+mod pki;
+mod support;
+#[path = "e2e/util.rs"]
+mod util;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+use support::{free_port, Upstream};
+use util::{bootstrap, cluster, hcm, listener, local, route, vhost, Proxy};
+
+const CLIENT_ID: &str = "spiffe://e2e.test/ns/default/sa/client";
+const SERVER_ID: &str = "spiffe://e2e.test/ns/default/sa/server";
+
+fn tls_secret(name: &str, cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": name,
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": cert.pem()},
+            "private_key": {"inline_string": key.serialize_pem()}
+        }
+    })
+}
+
+fn ca_secret(name: &str, ca: &rcgen::Certificate) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": name,
+        "validation_context": {"trusted_ca": {"inline_string": ca.pem()}}
+    })
+}
+
+/// Replaces the SDS file atomically, as secret-rotation tooling does.
+fn write_sds(path: &Path, secrets: Vec<Value>) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string(&json!({ "resources": secrets })).expect("json")).expect("write sds");
+    std::fs::rename(&tmp, path).expect("rename sds");
+}
+
+fn sds(name: &str, path: &Path) -> Value {
+    json!({"name": name, "sds_config": {"path_config_source": {"path": path}, "resource_api_version": "V3"}})
+}
+
+fn client_config(
+    ca: &rcgen::Certificate,
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA")).expect("root");
+    let chain = vec![CertificateDer::from_pem_slice(cert.pem().as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    // Every connection does a full handshake: a resumed session reports the certificate of the
+    // session it resumed, not the one the listener serves now.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// An mTLS keep-alive connection and the serial of the certificate the server presented.
+async fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> Result<(Sender, Vec<u8>), String> {
+    let tcp = tokio::net::TcpStream::connect(local(port)).await.map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let der = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).ok_or("no cert")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let serial = parsed.raw_serial().to_vec();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("h1: {e}"))?;
+    tokio::spawn(conn);
+    Ok((sender, serial))
+}
+
+async fn get(sender: &mut Sender) -> Result<StatusCode, String> {
+    sender.ready().await.map_err(|e| format!("ready: {e}"))?;
+    let req = Request::get("/").header("host", "localhost").body(Full::<Bytes>::default()).expect("request");
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+    Ok(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_certificate_rotates_without_dropping_connections() {
+    let dir = support::TempDir::new("remora-e2e-sds").expect("dir");
+    let (ca, issuer) = pki::ca("sds test CA");
+    let (server_v1, server_v1_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (server_v2, server_v2_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let sds_path = dir.path().join("sds.json");
+    write_sds(&sds_path, vec![tls_secret("server_cert", &server_v1, &server_v1_key), ca_secret("trust", &ca)]);
+
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let (admin, port) = (free_port(), free_port());
+    let tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [sds("server_cert", &sds_path)],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": CLIENT_ID}}]},
+                    "validation_context_sds_secret_config": sds("trust", &sds_path)
+                }
+            }
+        }
+    });
+    let routes = vhost(json!([route("/", "backend", json!({}))]));
+    let config = bootstrap(
+        admin,
+        vec![listener("sds", port, hcm("sds", routes, json!({})), Some(tls))],
+        vec![cluster("backend", &[upstream.port()])],
+    );
+    let proxy = Proxy::start(&config, &[port]).await;
+    let cfg = client_config(&ca, &client, &client_key);
+
+    let (mut before, serial_v1) = connect(port, cfg.clone()).await.expect("first connection");
+    assert_eq!(get(&mut before).await, Ok(StatusCode::OK));
+    let v1 = x509_parser::parse_x509_certificate(&CertificateDer::from_pem_slice(server_v1.pem().as_bytes()).unwrap())
+        .unwrap()
+        .1
+        .raw_serial()
+        .to_vec();
+    assert_eq!(serial_v1, v1, "the listener serves the SDS certificate");
+
+    write_sds(&sds_path, vec![tls_secret("server_cert", &server_v2, &server_v2_key), ca_secret("trust", &ca)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let serial_v2 = loop {
+        let (mut fresh, serial) = connect(port, cfg.clone()).await.expect("connection during rotation");
+        assert_eq!(get(&mut fresh).await, Ok(StatusCode::OK));
+        if serial != serial_v1 {
+            break serial;
+        }
+        assert!(Instant::now() < deadline, "the new certificate was not served; log:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v2 = x509_parser::parse_x509_certificate(&CertificateDer::from_pem_slice(server_v2.pem().as_bytes()).unwrap())
+        .unwrap()
+        .1
+        .raw_serial()
+        .to_vec();
+    assert_eq!(serial_v2, v2);
+    // The connection from before the rotation is untouched.
+    for _ in 0..3 {
+        assert_eq!(get(&mut before).await, Ok(StatusCode::OK));
+    }
+
+    // A broken file is rejected; the current certificate keeps serving.
+    std::fs::write(&sds_path, "{\"resources\": [{\"@type\": \"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\", \"name\": \"server_cert\", \"tls_certificate\": {\"certificate_chain\": {\"inline_string\": \"garbage\"}, \"private_key\": {\"inline_string\": \"garbage\"}}}]}").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut after, serial) = connect(port, cfg.clone()).await.expect("connection after a bad file");
+    assert_eq!(serial, v2);
+    assert_eq!(get(&mut after).await, Ok(StatusCode::OK));
+    assert!(proxy.logs().contains("SDS file rejected"), "{}", proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_secret_upstream_mtls() {
+    let (ca, issuer) = pki::ca("static secret CA");
+    let (server, server_key) = pki::leaf(&issuer, "not-the-sni", &[], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let (admin, front, back, wrong) = (free_port(), free_port(), free_port(), free_port());
+
+    // The "upstream sidecar": an mTLS listener requiring the client's SPIFFE ID.
+    let back_tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{"name": "server"}],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": CLIENT_ID}}]},
+                    "validation_context_sds_secret_config": {"name": "trust"}
+                }
+            }
+        }
+    });
+    let upstream_tls = |san: &str| {
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "outbound_.80_._.backend.default.svc.cluster.local",
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [{"name": "client"}],
+                    "combined_validation_context": {
+                        "default_validation_context": {"match_subject_alt_names": [{"exact": san}]},
+                        "validation_context_sds_secret_config": {"name": "trust"}
+                    }
+                }
+            }
+        })
+    };
+    let mut via_mtls = cluster("via_mtls", &[back]);
+    via_mtls["transport_socket"] = upstream_tls(SERVER_ID);
+    let mut wrong_san = cluster("wrong_san", &[back]);
+    wrong_san["transport_socket"] = upstream_tls("spiffe://e2e.test/ns/default/sa/someone-else");
+    let mut config = bootstrap(
+        admin,
+        vec![
+            listener("front", front, hcm("front", vhost(json!([route("/", "via_mtls", json!({}))])), json!({})), None),
+            listener("wrong", wrong, hcm("wrong", vhost(json!([route("/", "wrong_san", json!({}))])), json!({})), None),
+            listener(
+                "back",
+                back,
+                hcm("back", vhost(json!([route("/", "backend", json!({}))])), json!({})),
+                Some(back_tls),
+            ),
+        ],
+        vec![via_mtls, wrong_san, cluster("backend", &[upstream.port()])],
+    );
+    let secrets = json!([
+        tls_secret("server", &server, &server_key),
+        tls_secret("client", &client, &client_key),
+        ca_secret("trust", &ca),
+    ]);
+    let secrets: Vec<Value> = secrets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.as_object_mut().unwrap().remove("@type");
+            s
+        })
+        .collect();
+    config["static_resources"]["secrets"] = json!(secrets);
+    let proxy = Proxy::start(&config, &[front, back, wrong]).await;
+
+    let resp = util::get(front, "/", &[]).await;
+    assert_eq!(resp.status, 200, "mTLS hop failed: {}\n{}", resp.text(), proxy.logs());
+    assert!(resp.text().contains("\"upstream\":\"backend\""), "{}", resp.text());
+    let resp = util::get(wrong, "/", &[]).await;
+    assert_eq!(resp.status, 503, "an upstream with another SAN must be refused: {}", resp.text());
+}
