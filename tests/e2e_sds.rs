@@ -6,6 +6,10 @@
 //! * `listener_certificate_rotates_without_dropping_connections`: a keep-alive mTLS connection is
 //!   opened, the SDS file is replaced with a new certificate; new handshakes get the new
 //!   certificate within a second or so, and the connection opened before keeps serving requests.
+//! * `grpc_sds_as_istio_configures_it`: the listener names `default` and `ROOTCA` through the
+//!   `sds-grpc` cluster with istiod's exact `SdsSecretConfig`; `remora control-plane` serves them
+//!   (StreamSecrets). A new certificate in the control plane's files reaches new handshakes; a
+//!   broken secret is NACKed and the current certificate keeps serving.
 //! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
 //!   client certificate from a static secret and the upstream verified against its CA with a
 //!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
@@ -15,6 +19,8 @@ mod pki;
 mod support;
 #[path = "e2e/util.rs"]
 mod util;
+#[path = "xds/common.rs"]
+mod xds_common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -267,4 +273,101 @@ async fn static_secret_upstream_mtls() {
     assert!(resp.text().contains("\"upstream\":\"backend\""), "{}", resp.text());
     let resp = util::get(wrong, "/", &[]).await;
     assert_eq!(resp.status, 503, "an upstream with another SAN must be refused: {}", resp.text());
+}
+
+/// istiod's `SdsSecretConfig` for the agent's SDS server (`pkg/model/authentication.go`).
+fn istio_sds(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "set_node_on_first_message_only": true,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]
+            },
+            "initial_fetch_timeout": "0s",
+            "resource_api_version": "V3"
+        }
+    })
+}
+
+fn write_cp_secrets(dir: &Path, secrets: Vec<Value>) {
+    xds_common::write_atomic(dir, "secrets.json", &serde_json::to_string(&secrets).expect("json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_sds_as_istio_configures_it() {
+    let (ca, issuer) = pki::ca("grpc sds CA");
+    let (v1, v1_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (v2, v2_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let serial = |c: &rcgen::Certificate| {
+        let der = CertificateDer::from_pem_slice(c.pem().as_bytes()).expect("pem");
+        x509_parser::parse_x509_certificate(&der).expect("x509").1.raw_serial().to_vec()
+    };
+    let config_dir = support::TempDir::new("remora-sds-cp").expect("dir");
+    write_cp_secrets(config_dir.path(), vec![tls_secret("default", &v1, &v1_key), ca_secret("ROOTCA", &ca)]);
+    let cp = xds_common::ControlPlane::start(config_dir.path(), ([127, 0, 0, 1], 0).into(), &[]);
+
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let (admin, port) = (free_port(), free_port());
+    let tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [istio_sds("default")],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_subject_alt_names": [{"prefix": "spiffe://e2e.test/"}]},
+                    "validation_context_sds_secret_config": istio_sds("ROOTCA")
+                }
+            }
+        }
+    });
+    let routes = vhost(json!([route("/", "backend", json!({}))]));
+    let config = bootstrap(
+        admin,
+        vec![listener("inbound", port, hcm("inbound", routes, json!({})), Some(tls))],
+        vec![cluster("backend", &[upstream.port()]), util::h2_cluster("sds-grpc", &[cp.addr.port()])],
+    );
+    let proxy = Proxy::start(&config, &[port]).await;
+    let cfg = client_config(&ca, &client, &client_key);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut before, first) = loop {
+        match connect(port, cfg.clone()).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "no TLS from SDS: {e}\n{}\n{}", proxy.logs(), cp.logs()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first, serial(&v1));
+    assert_eq!(get(&mut before).await, Ok(StatusCode::OK));
+
+    write_cp_secrets(config_dir.path(), vec![tls_secret("default", &v2, &v2_key), ca_secret("ROOTCA", &ca)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut fresh, s) = connect(port, cfg.clone()).await.expect("connection during rotation");
+        assert_eq!(get(&mut fresh).await, Ok(StatusCode::OK));
+        if s == serial(&v2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotation not served\n{}\n{}", proxy.logs(), cp.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&mut before).await, Ok(StatusCode::OK), "the connection from before the rotation");
+
+    let mut broken = tls_secret("default", &v1, &v1_key);
+    broken["tls_certificate"]["certificate_chain"]["inline_string"] = json!("not a certificate");
+    write_cp_secrets(config_dir.path(), vec![broken, ca_secret("ROOTCA", &ca)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.logs().contains("SDS response rejected") {
+        assert!(Instant::now() < deadline, "broken secret not NACKed\n{}\n{}", proxy.logs(), cp.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut after, s) = connect(port, cfg.clone()).await.expect("connection after the NACK");
+    assert_eq!(s, serial(&v2));
+    assert_eq!(get(&mut after).await, Ok(StatusCode::OK));
 }

@@ -10,8 +10,9 @@
 //! build rustls configs (`tls` does) or talk to a control plane.
 
 mod file;
+mod sds_client;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,6 +111,18 @@ impl Slot {
 pub struct SecretStore {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     watched_files: Mutex<HashSet<PathBuf>>,
+    grpc: Mutex<GrpcSources>,
+}
+
+/// SDS-over-gRPC streams, one per cluster, and the names each must subscribe to.
+#[derive(Default)]
+struct GrpcSources {
+    /// The bootstrap's clusters and node, once the server runs (validation starts no stream).
+    configured: Option<(HashMap<String, Arc<crate::model::Cluster>>, envoy_types::pb::envoy::config::core::v3::Node)>,
+    wanted: HashMap<String, tokio::sync::watch::Sender<BTreeSet<String>>>,
+    started: HashSet<String>,
+    /// Clusters whose secrets an in-process provider serves (Istio's `sds-grpc` with a CA client).
+    in_process: HashSet<String>,
 }
 
 /// The process's secrets. One table, as Envoy's secret manager is one per server: a sidecar has
@@ -124,14 +137,13 @@ impl SecretStore {
     /// read now, so a bad file fails the config that names it, and then watched).
     pub fn slot(&self, r: &SdsRef) -> Result<Arc<Slot>, TlsError> {
         let slot = self.named(&r.name);
-        let unfetched = match &r.source {
-            SdsSource::Grpc { cluster } => Some(format!("SDS over gRPC (cluster '{cluster}')")),
-            SdsSource::Unsupported(what) => Some(what.clone()),
-            _ => None,
-        };
-        if let Some(what) = unfetched.filter(|_| slot.current().is_none()) {
-            // Fail closed: a context without its certificate or CA refuses handshakes.
-            tracing::warn!(secret = %r.name, "{what} is not fetched by Remora; TLS handshakes that need this secret fail until something provides it");
+        match &r.source {
+            SdsSource::Grpc { cluster } => self.want_from_grpc(cluster, &r.name),
+            SdsSource::Unsupported(what) if slot.current().is_none() => {
+                // Fail closed: a context without its certificate or CA refuses handshakes.
+                tracing::warn!(secret = %r.name, "{what} is not fetched by Remora; TLS handshakes that need this secret fail until something provides it");
+            }
+            _ => {}
         }
         if let SdsSource::File(path) = &r.source {
             let first = self.watched_files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone());
@@ -145,6 +157,56 @@ impl SecretStore {
             }
         }
         Ok(slot)
+    }
+
+    /// Starts the SDS streams: called once the server runs, with the bootstrap's clusters (an SDS
+    /// cluster is a static cluster) and node.
+    pub fn start_grpc_sources(
+        &self,
+        clusters: HashMap<String, Arc<crate::model::Cluster>>,
+        node: envoy_types::pb::envoy::config::core::v3::Node,
+    ) {
+        let mut grpc = self.grpc.lock().unwrap_or_else(|p| p.into_inner());
+        grpc.configured = Some((clusters, node));
+        let pending: Vec<String> = grpc.wanted.keys().cloned().collect();
+        for cluster in pending {
+            Self::start_stream(&mut grpc, &cluster);
+        }
+    }
+
+    /// Secrets named through `cluster` are provided in-process (by [`SecretStore::set`]); no
+    /// stream is opened to it.
+    pub fn serve_in_process(&self, cluster: &str) {
+        self.grpc.lock().unwrap_or_else(|p| p.into_inner()).in_process.insert(cluster.to_string());
+    }
+
+    fn want_from_grpc(&self, cluster: &str, name: &str) {
+        let mut grpc = self.grpc.lock().unwrap_or_else(|p| p.into_inner());
+        if grpc.in_process.contains(cluster) {
+            return;
+        }
+        grpc.wanted
+            .entry(cluster.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(BTreeSet::new()).0)
+            .send_if_modified(|names| names.insert(name.to_string()));
+        Self::start_stream(&mut grpc, cluster);
+    }
+
+    fn start_stream(grpc: &mut GrpcSources, cluster: &str) {
+        if grpc.started.contains(cluster) || grpc.in_process.contains(cluster) {
+            return;
+        }
+        let Some((clusters, node)) = &grpc.configured else { return };
+        let Some(names) = grpc.wanted.get(cluster).map(|tx| tx.subscribe()) else { return };
+        let Some(c) = clusters.get(cluster) else {
+            tracing::warn!(
+                cluster,
+                "SDS cluster is not a static cluster of the bootstrap; its secrets are not fetched"
+            );
+            return;
+        };
+        sds_client::spawn(c.clone(), node.clone(), names);
+        grpc.started.insert(cluster.to_string());
     }
 
     pub fn set(&self, name: &str, value: SecretValue) {

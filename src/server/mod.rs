@@ -57,6 +57,8 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
         Some(b) => crate::xds::XdsConfig::from_bootstrap(b, &snapshot)?,
         None => None,
     };
+    let node = snapshot.bootstrap.as_ref().and_then(|b| b.node.clone()).unwrap_or_default();
+    crate::secrets::store().start_grpc_sources(snapshot.clusters.clone(), node);
     state.apply(snapshot).await;
     let base = state.snapshot();
 

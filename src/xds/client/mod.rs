@@ -90,7 +90,7 @@ pub(super) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// A bounded request queue and the stream tonic sends from.
-pub(super) fn request_channel<T: Send + 'static>() -> (mpsc::Sender<T>, impl Stream<Item = T> + Send + 'static) {
+pub(crate) fn request_channel<T: Send + 'static>() -> (mpsc::Sender<T>, impl Stream<Item = T> + Send + 'static) {
     let (tx, rx) = mpsc::channel::<T>(REQUEST_QUEUE);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     (tx, stream)
@@ -108,7 +108,7 @@ pub(super) fn with_metadata<S>(stream: S, metadata: &[(String, String)]) -> Resu
 }
 
 /// The `error_detail` of a NACK (Envoy uses code INTERNAL).
-pub(super) fn error_detail(message: String) -> envoy_types::pb::google::rpc::Status {
+pub(crate) fn error_detail(message: String) -> envoy_types::pb::google::rpc::Status {
     envoy_types::pb::google::rpc::Status { code: 13, message, details: vec![] }
 }
 
