@@ -753,7 +753,16 @@ async fn istiod_dumps_are_served() {
                 );
             }
         }
-        let dump = remora_admin_get(remora.admin, "/config_dump").await;
+        // The update stats count a response when it is accepted; the dump follows once it is
+        // published, so wait for the last wanted listener to show.
+        let mut dump = remora_admin_get(remora.admin, "/config_dump").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while want.get(LISTENER).into_iter().flatten().any(|n| !dump.contains(&format!("\"name\": \"{n}\"")))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            dump = remora_admin_get(remora.admin, "/config_dump").await;
+        }
         for name in want.get(LISTENER).into_iter().flatten() {
             assert!(dump.contains(&format!("\"name\": \"{name}\"")), "{api_type}: Remora lacks listener {name}");
         }

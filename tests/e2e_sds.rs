@@ -10,6 +10,10 @@
 //!   `sds-grpc` cluster with istiod's exact `SdsSecretConfig`; `remora control-plane` serves them
 //!   (StreamSecrets). A new certificate in the control plane's files reaches new handshakes; a
 //!   broken secret is NACKed and the current certificate keeps serving.
+//! * `ads_secret_as_credential_name`: a dynamic listener (LDS) names its certificate with an ADS
+//!   `sds_config` (what istiod generates for a gateway's `credentialName`); the client subscribes
+//!   to it over ADS (SotW and delta) and serves it; a new version of the secret is served to new
+//!   handshakes.
 //! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
 //!   client certificate from a static secret and the upstream verified against its CA with a
 //!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
@@ -370,4 +374,90 @@ async fn grpc_sds_as_istio_configures_it() {
     let (mut after, s) = connect(port, cfg.clone()).await.expect("connection after the NACK");
     assert_eq!(s, serial(&v2));
     assert_eq!(get(&mut after).await, Ok(StatusCode::OK));
+}
+
+async fn ads_secret(api_type: &str) {
+    let (ca, issuer) = pki::ca("ads secret CA");
+    let (v1, v1_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (v2, v2_key) = pki::leaf(&issuer, "localhost", &["localhost"], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let serial = |c: &rcgen::Certificate| {
+        let der = CertificateDer::from_pem_slice(c.pem().as_bytes()).expect("pem");
+        x509_parser::parse_x509_certificate(&der).expect("x509").1.raw_serial().to_vec()
+    };
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let port = free_port();
+    let dir = support::TempDir::new("remora-ads-secret").expect("dir");
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    let listener = json!({
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "gateway",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{"name": "kubernetes://gateway-cert", "sds_config": ads}]
+                    }
+                }
+            },
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "gateway",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }
+            }]
+        }]
+    });
+    let mut backend = cluster("backend", &[upstream.port()]);
+    backend["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+    xds_common::write_atomic(
+        dir.path(),
+        "resources.json",
+        &serde_json::to_string(&json!([listener, backend])).unwrap(),
+    );
+    write_cp_secrets(dir.path(), vec![tls_secret("kubernetes://gateway-cert", &v1, &v1_key)]);
+    let cp = xds_common::ControlPlane::start(dir.path(), ([127, 0, 0, 1], 0).into(), &[]);
+    let remora = xds_common::Remora::start(cp.addr, api_type, &[]).await;
+    remora.wait_live(Duration::from_secs(20)).await;
+    let cfg = client_config(&ca, &client, &client_key);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut conn, first) = loop {
+        match connect(port, cfg.clone()).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "no TLS from the ADS secret: {e}\n{}", remora.logs()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first, serial(&v1));
+    assert_eq!(get(&mut conn).await, Ok(StatusCode::OK));
+
+    write_cp_secrets(dir.path(), vec![tls_secret("kubernetes://gateway-cert", &v2, &v2_key)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut fresh, s) = connect(port, cfg.clone()).await.expect("connection during rotation");
+        assert_eq!(get(&mut fresh).await, Ok(StatusCode::OK));
+        if s == serial(&v2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new secret version was not served\n{}", remora.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&mut conn).await, Ok(StatusCode::OK));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_secret_as_credential_name_sotw() {
+    ads_secret("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_secret_as_credential_name_delta() {
+    ads_secret("DELTA_GRPC").await;
 }

@@ -101,8 +101,8 @@ impl Slot {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn store(&self, v: SecretValue) {
-        self.value.store(Some(Arc::new(v)));
+    fn store(&self, v: Arc<SecretValue>) {
+        self.value.store(Some(v));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -210,6 +210,10 @@ impl SecretStore {
     }
 
     pub fn set(&self, name: &str, value: SecretValue) {
+        self.set_shared(name, Arc::new(value));
+    }
+
+    pub fn set_shared(&self, name: &str, value: Arc<SecretValue>) {
         tracing::info!(secret = name, kind = ?value, "secret updated");
         self.named(name).store(value);
     }

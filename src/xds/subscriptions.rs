@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use super::Kind;
 use crate::model::dynamic::{eds_service_name, rds_routes};
+use crate::model::tls::SdsSource;
 use crate::model::{Cluster, Listener};
 
 /// The names `kind` should be subscribed to, given the clusters and listeners held (static and
-/// accepted dynamic ones, warming included: they are what needs the names). Wildcard kinds and
-/// SDS (not subscribed by the client) want nothing by name.
+/// accepted dynamic ones, warming included: they are what needs the names). Secrets are the ones
+/// TLS contexts name with an ADS `sds_config` (istiod's `credentialName`). Wildcard kinds want
+/// nothing by name.
 pub fn wanted<'a>(
     kind: Kind,
     clusters: impl Iterator<Item = &'a Arc<Cluster>>,
@@ -21,6 +23,22 @@ pub fn wanted<'a>(
     match kind {
         Kind::Endpoint => clusters.filter_map(|c| eds_service_name(c).map(str::to_string)).collect(),
         Kind::Route => listeners.flat_map(|l| rds_routes(l).into_iter().map(|(_, r)| r)).collect(),
+        Kind::Secret => {
+            let upstream = clusters.filter_map(|c| c.tls.as_ref().map(|t| t.common.clone()));
+            let downstream = listeners.flat_map(|l| {
+                l.filter_chains
+                    .iter()
+                    .chain(l.default_filter_chain.iter())
+                    .filter_map(|fc| fc.tls.as_ref().map(|t| t.common.clone()))
+                    .collect::<Vec<_>>()
+            });
+            upstream
+                .chain(downstream)
+                .flat_map(|c| c.certificate_sds.into_iter().chain(c.validation_sds))
+                .filter(|r| r.source == SdsSource::Ads)
+                .map(|r| r.name)
+                .collect()
+        }
         _ => BTreeSet::new(),
     }
 }

@@ -102,7 +102,7 @@ pub(super) async fn stream(channel: Channel, cfg: &XdsConfig, engine: &mut Engin
             ..Default::default()
         })
         .await?;
-        for named in [Kind::Endpoint, Kind::Route] {
+        for named in [Kind::Endpoint, Kind::Route, Kind::Secret] {
             let wanted = engine.wanted(named);
             let current = subscribed.entry(named).or_default();
             let (add, remove) = diff(current, &wanted);

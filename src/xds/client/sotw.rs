@@ -105,8 +105,8 @@ pub(super) async fn stream(channel: Channel, cfg: &XdsConfig, engine: &mut Engin
         let mut ack = request(engine, kind, ts);
         ack.error_detail = nack.map(error_detail);
         out.send(ack).await?;
-        // EDS follows CDS and RDS follows LDS: subscribe after the update that needs the names.
-        for named in [Kind::Endpoint, Kind::Route] {
+        // EDS follows CDS, RDS follows LDS, and SDS both: subscribe after the update that needs the names.
+        for named in [Kind::Endpoint, Kind::Route, Kind::Secret] {
             let wanted = engine.wanted(named);
             let ts = types.entry(named).or_default();
             if wanted != ts.names {

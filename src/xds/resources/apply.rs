@@ -118,8 +118,11 @@ impl Engine {
                 Decoded::Listener(l) => apply!(listeners, self.check_listener(l).map(|m| (m, None))),
                 Decoded::Route(rc) => apply!(routes, self.check_route(rc).map(|m| (m, None))),
                 Decoded::Endpoint(cla) => apply!(endpoints, self.check_endpoints(cla).map(|m| (m, None))),
-                Decoded::Secret(_) => apply!(secrets, Ok(((), None))),
+                Decoded::Secret(sec) => apply!(secrets, self.check_secret(sec).map(|m| (m, None))),
             };
+            if let (Ok(true), Some(accepted)) = (&result, self.secrets.get(&name).filter(|_| u.kind == Kind::Secret)) {
+                crate::secrets::store().set_shared(&name, accepted.model.clone());
+            }
             match result {
                 Ok(changed) => {
                     if changed {

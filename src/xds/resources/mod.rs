@@ -97,7 +97,7 @@ pub struct Engine {
     endpoints: BTreeMap<String, Accepted<ClusterLoadAssignment, ()>>,
     listeners: BTreeMap<String, Accepted<PbListener, Arc<Listener>>>,
     routes: BTreeMap<String, Accepted<RouteConfiguration, Arc<RouteTable>>>,
-    secrets: BTreeMap<String, Accepted<Secret, ()>>,
+    secrets: BTreeMap<String, Accepted<Secret, Arc<crate::secrets::SecretValue>>>,
     versions: HashMap<Kind, String>,
     active_clusters: BTreeMap<String, ActiveCluster>,
     active_listeners: BTreeMap<String, ActiveListener>,
@@ -148,8 +148,7 @@ impl Engine {
         match kind {
             Kind::Cluster => self.cds.is_some(),
             Kind::Listener => self.lds.is_some(),
-            Kind::Endpoint | Kind::Route => true,
-            Kind::Secret => false,
+            Kind::Endpoint | Kind::Route | Kind::Secret => true,
         }
     }
 

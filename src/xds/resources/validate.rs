@@ -78,6 +78,12 @@ fn log_notes(notes: Notes) {
 }
 
 impl Engine {
+    pub(super) fn check_secret(&self, s: &Secret) -> Result<Arc<crate::secrets::SecretValue>, ConfigError> {
+        crate::secrets::SecretValue::from_proto(s)
+            .map(Arc::new)
+            .map_err(|e| ConfigError::new("secret", &s.name, "", e.to_string()))
+    }
+
     pub(super) fn check_cluster(&self, c: &PbCluster) -> Result<Arc<Cluster>, ConfigError> {
         if self.base.clusters.contains_key(&c.name) {
             return Err(ConfigError::new(
