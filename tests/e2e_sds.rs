@@ -14,6 +14,9 @@
 //!   `sds_config` (what istiod generates for a gateway's `credentialName`); the client subscribes
 //!   to it over ADS (SotW and delta) and serves it; a new version of the secret is served to new
 //!   handshakes.
+//! * `transport_socket_matches_choose_per_endpoint`: Istio's auto-mTLS cluster shape: endpoints
+//!   labelled `tlsMode: istio` are reached over mTLS (through a sidecar-like listener), the others
+//!   in plaintext, within one cluster.
 //! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
 //!   client certificate from a static secret and the upstream verified against its CA with a
 //!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
@@ -460,4 +463,91 @@ async fn ads_secret_as_credential_name_sotw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ads_secret_as_credential_name_delta() {
     ads_secret("DELTA_GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_socket_matches_choose_per_endpoint() {
+    let (ca, issuer) = pki::ca("auto mtls CA");
+    let (server, server_key) = pki::leaf(&issuer, "sidecar", &[], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let meshed = Upstream::start("meshed").await.expect("upstream");
+    let legacy = Upstream::start("legacy").await.expect("upstream");
+    let (admin, front, sidecar) = (free_port(), free_port(), free_port());
+    let sidecar_tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{"name": "server"}],
+                "validation_context_sds_secret_config": {"name": "trust"}
+            }
+        }
+    });
+    let mtls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "outbound_.80_._.svc.default.svc.cluster.local",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{"name": "client"}],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_subject_alt_names": [{"exact": SERVER_ID}]},
+                    "validation_context_sds_secret_config": {"name": "trust"}
+                }
+            }
+        }
+    });
+    let endpoint = |port: u16, istio: bool| {
+        let mut e = json!({"endpoint": {"address": util::socket_address(port)}});
+        if istio {
+            e["metadata"] = json!({"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+        }
+        e
+    };
+    let svc = json!({
+        "name": "svc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [endpoint(sidecar, true), endpoint(legacy.port(), false)]}]},
+        "transport_socket_matches": [
+            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": mtls},
+            {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer"}}
+        ]
+    });
+    let mut config = bootstrap(
+        admin,
+        vec![
+            listener("front", front, hcm("front", vhost(json!([route("/", "svc", json!({}))])), json!({})), None),
+            listener(
+                "sidecar",
+                sidecar,
+                hcm("sidecar", vhost(json!([route("/", "meshed", json!({}))])), json!({})),
+                Some(sidecar_tls),
+            ),
+        ],
+        vec![svc, cluster("meshed", &[meshed.port()])],
+    );
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("@type");
+        v
+    };
+    config["static_resources"]["secrets"] = json!([
+        strip(tls_secret("server", &server, &server_key)),
+        strip(tls_secret("client", &client, &client_key)),
+        strip(ca_secret("trust", &ca)),
+    ]);
+    let proxy = Proxy::start(&config, &[front, sidecar]).await;
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..20 {
+        let resp = util::get(front, "/", &[]).await;
+        assert_eq!(resp.status, 200, "request {i}: {}\n{}", resp.text(), proxy.logs());
+        let upstream = resp.json()["upstream"].as_str().unwrap_or_default().to_string();
+        *seen.entry(upstream).or_default() += 1;
+    }
+    assert_eq!(seen.get("meshed"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("legacy"), Some(&10), "{seen:?}");
+    // The meshed endpoint was reached over mTLS (the sidecar listener terminated it).
+    let sidecar_scope = format!("listener.127.0.0.1_{sidecar}");
+    assert!(proxy.stat(&format!("{sidecar_scope}.ssl.handshake")).await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
 }

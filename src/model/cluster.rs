@@ -26,6 +26,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     pub circuit_breakers: Thresholds,
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `transport_socket_matches`, in order; an endpoint matching none uses `tls`.
+    pub socket_matches: Vec<SocketMatch>,
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub idle_timeout: Duration,
@@ -126,9 +128,53 @@ pub struct Endpoint {
     pub weight: u32,
     pub healthy: bool,
     pub hostname: String,
+    /// `metadata.filter_metadata["envoy.transport_socket_match"]` of the endpoint (else of its
+    /// locality), as `key → value` text: what `transport_socket_matches` select on (Istio puts
+    /// `tlsMode: istio` there for pods with a sidecar).
+    pub socket_match_metadata: Vec<(String, String)>,
+}
+
+/// One of `transport_socket_matches`: an endpoint whose socket-match metadata has every
+/// `criteria` pair is reached through `tls` (`None`: plaintext).
+#[derive(Debug, Clone)]
+pub struct SocketMatch {
+    pub name: String,
+    pub criteria: Vec<(String, String)>,
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+const SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// A `Struct`'s fields as `key → value` text (strings bare, numbers and bools as written).
+fn struct_fields(s: &envoy_types::pb::google::protobuf::Struct) -> Vec<(String, String)> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let mut out: Vec<(String, String)> = s
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            let text = match &v.kind {
+                Some(Kind::StringValue(s)) => s.clone(),
+                Some(Kind::NumberValue(n)) => n.to_string(),
+                Some(Kind::BoolValue(b)) => b.to_string(),
+                Some(Kind::NullValue(_)) | None => "null".to_string(),
+                Some(other) => format!("{other:?}"),
+            };
+            (k.clone(), text)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl Cluster {
+    /// The `transport_socket_matches` entry `ep` uses: the first whose criteria its metadata has
+    /// (an empty `match` takes every endpoint), as Envoy picks; `None` for the cluster's socket.
+    pub fn socket_match(&self, ep: &Endpoint) -> Option<usize> {
+        self.socket_matches
+            .iter()
+            .position(|m| m.criteria.iter().all(|c| ep.socket_match_metadata.iter().any(|e| e == c)))
+    }
+
     pub fn from_proto(c: &pb::Cluster, notes: &mut Notes) -> Result<Self, ConfigError> {
         Self::build(c, notes).map_err(|e| e.for_resource("cluster", &c.name))
     }
@@ -210,9 +256,25 @@ impl Cluster {
             }
             None => None,
         };
-        if !c.transport_socket_matches.is_empty() {
-            notes.warn(format!("cluster '{}': transport_socket_matches are not implemented yet; the cluster transport_socket is used for every endpoint", c.name));
-        }
+        let socket_matches = c
+            .transport_socket_matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let path = format!("transport_socket_matches[{i}].transport_socket");
+                let tls = match &m.transport_socket {
+                    Some(ts) => {
+                        super::tls::upstream_from_transport_socket(ts).map_err(|e| e.within(&path))?.map(Arc::new)
+                    }
+                    None => None,
+                };
+                Ok(SocketMatch {
+                    name: m.name.clone(),
+                    criteria: m.r#match.as_ref().map(struct_fields).unwrap_or_default(),
+                    tls,
+                })
+            })
+            .collect::<FieldResult<Vec<_>>>()?;
         if !c.health_checks.is_empty() {
             notes.warn(format!(
                 "cluster '{}': active health checks are not implemented; endpoints are treated as healthy",
@@ -245,6 +307,7 @@ impl Cluster {
             protocol,
             circuit_breakers,
             tls,
+            socket_matches,
             dns_refresh_rate,
             dns_lookup_family,
             idle_timeout,
@@ -460,7 +523,19 @@ pub fn load_assignment(la: &ClusterLoadAssignment, discovery: &Discovery) -> Fie
             }
             // UNKNOWN(0), HEALTHY(1), DEGRADED(5) serve; UNHEALTHY, DRAINING, TIMEOUT do not.
             let healthy = matches!(lb.health_status, 0 | 1 | 5);
-            endpoints.push(Endpoint { address, weight, healthy, hostname: endpoint.hostname.clone() });
+            let socket_match_metadata = [lb.metadata.as_ref(), le.metadata.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|m| m.filter_metadata.get(SOCKET_MATCH_KEY))
+                .map(struct_fields)
+                .unwrap_or_default();
+            endpoints.push(Endpoint {
+                address,
+                weight,
+                healthy,
+                hostname: endpoint.hostname.clone(),
+                socket_match_metadata,
+            });
         }
         let locality = le.locality.clone().unwrap_or_default();
         localities.push(LocalityEndpoints {

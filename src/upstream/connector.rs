@@ -65,9 +65,61 @@ pub struct UpstreamTlsConfig {
     pub context: Arc<UpstreamTls>,
 }
 
+impl UpstreamTlsConfig {
+    /// A TLS socket whose material did not build: every handshake fails, so the cluster refuses
+    /// traffic instead of sending it in plaintext.
+    pub fn unusable(context: UpstreamTls) -> Self {
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+            .map(Arc::new);
+        match client {
+            Ok(client) => UpstreamTlsConfig { client, context: Arc::new(context) },
+            // The ring provider supports the default versions; this arm cannot be reached.
+            Err(_) => UpstreamTlsConfig {
+                client: Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                ),
+                context: Arc::new(context),
+            },
+        }
+    }
+}
+
 impl std::fmt::Debug for UpstreamTlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamTlsConfig").field("sni", &self.context.sni).finish()
+    }
+}
+
+/// A cluster's transport sockets: its own and one per `transport_socket_matches` entry, with the
+/// entry each endpoint uses (replaced when endpoints change). Istio's auto-mTLS is this: endpoints
+/// labelled `tlsMode: istio` get the mTLS socket, the rest plaintext.
+#[derive(Debug, Default)]
+pub struct UpstreamSockets {
+    pub default: Option<UpstreamTlsConfig>,
+    pub matches: Vec<Option<UpstreamTlsConfig>>,
+    by_address: arc_swap::ArcSwap<std::collections::HashMap<SocketAddr, usize>>,
+}
+
+impl UpstreamSockets {
+    pub fn new(default: Option<UpstreamTlsConfig>, matches: Vec<Option<UpstreamTlsConfig>>) -> Self {
+        UpstreamSockets { default, matches, by_address: Default::default() }
+    }
+
+    /// The TLS config for connections to `addr` (`None`: plaintext).
+    pub fn for_address(&self, addr: SocketAddr) -> Option<&UpstreamTlsConfig> {
+        match self.by_address.load().get(&addr).copied() {
+            Some(i) => self.matches.get(i).and_then(Option::as_ref),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// Which `matches` entry each endpoint address uses; others use `default`.
+    pub fn set_endpoints(&self, by_address: std::collections::HashMap<SocketAddr, usize>) {
+        self.by_address.store(Arc::new(by_address));
     }
 }
 
@@ -75,7 +127,7 @@ impl std::fmt::Debug for UpstreamTlsConfig {
 pub struct Connector {
     pub connect_timeout: Duration,
     pub stats: ConnStats,
-    pub tls: Option<UpstreamTlsConfig>,
+    pub sockets: Arc<UpstreamSockets>,
 }
 
 /// An upstream connection, plaintext or TLS.
@@ -198,7 +250,7 @@ impl Connector {
     /// TCP (and TLS, if configured) to `addr`; `host` is the logical name for auto SNI.
     pub async fn connect(&self, addr: SocketAddr, host: Option<&str>) -> Result<CountedStream, ConnectError> {
         let tcp = self.connect_tcp(addr).await?;
-        let io = match &self.tls {
+        let io = match self.sockets.for_address(addr) {
             None => UpstreamStream::Plain(tcp),
             Some(t) => {
                 let name = crate::tls::server_name(&t.context, host);

@@ -57,12 +57,15 @@ impl Drop for HostRequestGuard {
 pub struct HostSet {
     levels: Vec<(Vec<Arc<Host>>, Balancer)>,
     pub total: usize,
+    /// The `transport_socket_matches` entry of each endpoint address that matched one.
+    pub socket_matches: HashMap<SocketAddr, usize>,
 }
 
 impl HostSet {
     fn build(cluster: &Cluster, resolved: &HashMap<EndpointAddress, Vec<SocketAddr>>) -> Self {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Host>>> = Default::default();
         let mut total = 0;
+        let mut socket_matches = HashMap::new();
         for locality in &cluster.load_assignment.localities {
             for ep in &locality.endpoints {
                 let addrs: Vec<SocketAddr> = match &ep.address {
@@ -82,8 +85,12 @@ impl HostSet {
                     EndpointAddress::Dns { host, .. } => Some(host.as_str().into()),
                     _ => None,
                 };
+                let socket_match = cluster.socket_match(ep);
                 for a in addrs {
                     total += 1;
+                    if let Some(i) = socket_match {
+                        socket_matches.insert(a, i);
+                    }
                     if ep.healthy {
                         let host = Host { hostname: hostname.clone(), ..Host::new(a, ep.weight) };
                         by_priority.entry(locality.priority).or_default().push(Arc::new(host));
@@ -99,7 +106,7 @@ impl HostSet {
                 (hosts, b)
             })
             .collect();
-        HostSet { levels, total }
+        HostSet { levels, total, socket_matches }
     }
 
     /// The first priority with healthy hosts serves (Envoy spills over only when a level is empty
@@ -274,24 +281,28 @@ impl ClusterState {
     /// first resolution) and then keep refreshing in the background.
     pub async fn new(config: Arc<Cluster>, store: &Store) -> Arc<Self> {
         let stats = ClusterStats::new(store, &config.name);
-        let tls = config.tls.as_ref().map(|t| {
-            let mut ctx = (**t).clone();
+        let tls = |t: &Option<Arc<crate::model::tls::UpstreamTls>>| {
+            let mut ctx = (**t.as_ref()?).clone();
             // Envoy offers ALPN h2 to HTTP/2 clusters over TLS when none is configured.
             if ctx.common.alpn.is_empty() && config.protocol == UpstreamProtocol::Http2 {
                 ctx.common.alpn = vec!["h2".into()];
             }
-            crate::tls::client_config(&ctx)
-                .map(|client| super::connector::UpstreamTlsConfig { client, context: Arc::new(ctx) })
-        });
-        let tls = match tls.transpose() {
-            Ok(t) => t,
-            Err(e) => {
-                // Validated at load time; a failure here means the material changed on disk.
-                tracing::error!(cluster = %config.name, error = %e, "upstream TLS context unusable; the cluster will fail requests");
-                None
+            match crate::tls::client_config(&ctx) {
+                Ok(client) => Some(super::connector::UpstreamTlsConfig { client, context: Arc::new(ctx) }),
+                Err(e) => {
+                    // Validated at load time; a failure here means the material changed on disk.
+                    // The socket stays TLS-less only in name: connections fail (fail closed).
+                    tracing::error!(cluster = %config.name, error = %e, "upstream TLS context unusable; the cluster will fail requests");
+                    Some(super::connector::UpstreamTlsConfig::unusable(ctx))
+                }
             }
         };
-        let connector = Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone(), tls };
+        let sockets = Arc::new(super::connector::UpstreamSockets::new(
+            tls(&config.tls),
+            config.socket_matches.iter().map(|m| tls(&m.tls)).collect(),
+        ));
+        let connector =
+            Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone(), sockets: sockets.clone() };
         let h1 = super::h1pool::H1Pool::new(connector.clone(), config.idle_timeout, config.max_requests_per_connection);
         let h2 = super::h2pool::H2Pool::new(connector.clone());
         let dns_names: Vec<EndpointAddress> = config
@@ -303,7 +314,9 @@ impl ClusterState {
             .map(|e| e.address.clone())
             .collect();
         let resolved = resolve_all(&dns_names).await;
-        let hosts = Arc::new(ArcSwap::from_pointee(HostSet::build(&config, &resolved)));
+        let set = HostSet::build(&config, &resolved);
+        sockets.set_endpoints(set.socket_matches.clone());
+        let hosts = Arc::new(ArcSwap::from_pointee(set));
         let slots = match config.protocol {
             UpstreamProtocol::Http1 => {
                 config.circuit_breakers.max_requests.min(config.circuit_breakers.max_connections)
@@ -317,6 +330,7 @@ impl ClusterState {
             let config = config.clone();
             let healthy = stats.membership_healthy.clone();
             let total = stats.membership_total.clone();
+            let sockets = sockets.clone();
             tokio::spawn(async move {
                 let mut last = resolved;
                 loop {
@@ -324,6 +338,7 @@ impl ClusterState {
                     let now = resolve_all(&dns_names).await;
                     if now != last {
                         let set = HostSet::build(&config, &now);
+                        sockets.set_endpoints(set.socket_matches.clone());
                         healthy.set(set.healthy_count() as i64);
                         total.set(set.total as i64);
                         hosts.store(Arc::new(set));
@@ -360,6 +375,7 @@ impl ClusterState {
             return false;
         }
         let set = HostSet::build(config, &HashMap::new());
+        self.connector.sockets.set_endpoints(set.socket_matches.clone());
         self.stats.membership_total.set(set.total as i64);
         self.stats.membership_healthy.set(set.healthy_count() as i64);
         self.hosts.store(Arc::new(set));
@@ -409,7 +425,7 @@ impl ClusterState {
         let mut sender =
             self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
         *req.uri_mut() = http::Uri::builder()
-            .scheme(if self.config().tls.is_some() { "https" } else { "http" })
+            .scheme(if self.connector.sockets.for_address(addr).is_some() { "https" } else { "http" })
             .authority(authority.as_str())
             .path_and_query(pq.as_str())
             .build()
