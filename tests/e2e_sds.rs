@@ -17,6 +17,10 @@
 //! * `transport_socket_matches_choose_per_endpoint`: Istio's auto-mTLS cluster shape: endpoints
 //!   labelled `tlsMode: istio` are reached over mTLS (through a sidecar-like listener), the others
 //!   in plaintext, within one cluster.
+//! * `strict_mtls_refusals_are_counted`: a STRICT-shaped inbound port (only a `tls` filter chain,
+//!   SPIFFE SAN prefix) refuses plaintext (`no_filter_chain_match`), no client certificate
+//!   (`ssl.fail_verify_no_cert`), a foreign CA and an expired certificate
+//!   (`ssl.fail_verify_error`), and a wrong identity (`ssl.fail_verify_san`).
 //! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
 //!   client certificate from a static secret and the upstream verified against its CA with a
 //!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
@@ -280,6 +284,8 @@ async fn static_secret_upstream_mtls() {
     assert!(resp.text().contains("\"upstream\":\"backend\""), "{}", resp.text());
     let resp = util::get(wrong, "/", &[]).await;
     assert_eq!(resp.status, 503, "an upstream with another SAN must be refused: {}", resp.text());
+    assert!(proxy.stat("cluster.wrong_san.ssl.fail_verify_san").await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
+    assert!(proxy.stat("cluster.via_mtls.ssl.handshake").await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
 }
 
 /// istiod's `SdsSecretConfig` for the agent's SDS server (`pkg/model/authentication.go`).
@@ -550,4 +556,149 @@ async fn transport_socket_matches_choose_per_endpoint() {
     // The meshed endpoint was reached over mTLS (the sidecar listener terminated it).
     let sidecar_scope = format!("listener.127.0.0.1_{sidecar}");
     assert!(proxy.stat(&format!("{sidecar_scope}.ssl.handshake")).await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
+}
+
+/// A TLS client for the refusal cases: any server certificate accepted (the server is not what is
+/// tested), this client certificate (if any) presented.
+fn any_server_client(cert: Option<(&rcgen::Certificate, &rcgen::KeyPair)>) -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut cfg = match cert {
+        Some((c, k)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(c.pem().as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(k.serialize_pem().as_bytes()).expect("key"),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mtls_refusals_are_counted() {
+    let (ca, issuer) = pki::ca("strict CA");
+    let (server, server_key) = pki::leaf(&issuer, "sidecar", &[], Some(SERVER_ID));
+    let (good, good_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let (stranger, stranger_key) = pki::leaf(&issuer, "stranger", &[], Some("spiffe://elsewhere.test/ns/x/sa/y"));
+    let (_, foreign_issuer) = pki::ca("foreign CA");
+    let (foreign, foreign_key) = pki::leaf(&foreign_issuer, "foreign", &[], Some(CLIENT_ID));
+    let expired_key = rcgen::KeyPair::generate().expect("key");
+    let mut expired_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    expired_params.subject_alt_names.push(rcgen::SanType::URI(CLIENT_ID.try_into().expect("uri")));
+    expired_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = expired_params.signed_by(&expired_key, &issuer).expect("expired cert");
+
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let (admin, port) = (free_port(), free_port());
+    let tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{"name": "server"}],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_subject_alt_names": [{"prefix": "spiffe://e2e.test/"}]},
+                    "validation_context_sds_secret_config": {"name": "trust"}
+                }
+            }
+        }
+    });
+    let mut inbound = listener(
+        "inbound",
+        port,
+        hcm("inbound", vhost(json!([route("/", "backend", json!({}))])), json!({})),
+        Some(tls),
+    );
+    inbound["filter_chains"][0]["filter_chain_match"] = json!({"transport_protocol": "tls"});
+    inbound["listener_filters"] = json!([{
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+    }]);
+    let mut config = bootstrap(admin, vec![inbound], vec![cluster("backend", &[upstream.port()])]);
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("@type");
+        v
+    };
+    config["static_resources"]["secrets"] =
+        json!([strip(tls_secret("server", &server, &server_key)), strip(ca_secret("trust", &ca))]);
+    let proxy = Proxy::start(&config, &[port]).await;
+    let scope = format!("listener.127.0.0.1_{port}");
+    let stat = |name: &str| {
+        let name = format!("{scope}.{name}");
+        let proxy = &proxy;
+        async move { proxy.stat(&name).await.unwrap_or(0) }
+    };
+
+    // The right identity passes.
+    let (mut ok, _) = connect(port, any_server_client(Some((&good, &good_key)))).await.expect("good client");
+    assert_eq!(get(&mut ok).await, Ok(StatusCode::OK));
+    assert_eq!(stat("ssl.handshake").await, 1);
+
+    // Plaintext: no filter chain takes it. (Start-up's port probe already counted as one.)
+    let unmatched_before = stat("no_filter_chain_match").await;
+    let resp =
+        util::h1_request(local(port), Request::get("/").header("host", "x").body(Full::default()).unwrap()).await;
+    assert!(resp.is_err(), "plaintext was served: {:?}", resp.map(|r| r.status));
+
+    // Each refused handshake, by what is wrong with the client.
+    let refused = |cfg| async move {
+        match connect(port, cfg).await {
+            Ok((mut s, _)) => get(&mut s).await.err().unwrap_or_else(|| "served".into()),
+            Err(e) => e,
+        }
+    };
+    assert_ne!(refused(any_server_client(None)).await, "served");
+    assert_ne!(refused(any_server_client(Some((&foreign, &foreign_key)))).await, "served");
+    assert_ne!(refused(any_server_client(Some((&expired, &expired_key)))).await, "served");
+    assert_ne!(refused(any_server_client(Some((&stranger, &stranger_key)))).await, "served");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = proxy.stats().await;
+    let n = |name: &str| stats.get(&format!("{scope}.{name}")).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    assert_eq!(n("no_filter_chain_match"), unmatched_before + 1, "{stats:?}");
+    assert_eq!(n("ssl.fail_verify_no_cert"), 1, "{stats:?}");
+    assert_eq!(n("ssl.fail_verify_error"), 2, "foreign CA and expired: {stats:?}");
+    assert_eq!(n("ssl.fail_verify_san"), 1, "{stats:?}");
+    assert_eq!(n("ssl.connection_error"), 4, "{stats:?}");
+    assert_eq!(n("ssl.handshake"), 1, "{stats:?}");
 }

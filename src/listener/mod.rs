@@ -47,10 +47,7 @@ pub struct ListenerStats {
     pub cx_total: Arc<Counter>,
     pub cx_active: Arc<Gauge>,
     pub no_filter_chain_match: Arc<Counter>,
-    pub ssl_handshake: Arc<Counter>,
-    pub ssl_connection_error: Arc<Counter>,
-    pub ssl_fail_verify_san: Arc<Counter>,
-    pub ssl_no_certificate: Arc<Counter>,
+    pub ssl: crate::tls::stats::SslStats,
 }
 
 impl ListenerRuntime {
@@ -91,10 +88,7 @@ impl ListenerRuntime {
             cx_total: store.counter(&format!("{scope}.downstream_cx_total")),
             cx_active: store.gauge(&format!("{scope}.downstream_cx_active")),
             no_filter_chain_match: store.counter(&format!("{scope}.no_filter_chain_match")),
-            ssl_handshake: store.counter(&format!("{scope}.ssl.handshake")),
-            ssl_connection_error: store.counter(&format!("{scope}.ssl.connection_error")),
-            ssl_fail_verify_san: store.counter(&format!("{scope}.ssl.fail_verify_san")),
-            ssl_no_certificate: store.counter(&format!("{scope}.ssl.no_certificate")),
+            ssl: crate::tls::stats::SslStats::new(store, &scope),
         };
         Ok(ListenerRuntime { config, chains, default_chain, stats })
     }
@@ -174,20 +168,21 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
     match &chain.tls {
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls) => {
-                if let Some(v) = chain.config.tls.as_ref().and_then(|t| t.common.validation.as_ref()) {
-                    let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
-                    if let Some(peer) = peer {
-                        if !crate::tls::verify_san(&peer, &v.san_matchers) {
-                            rt.stats.ssl_fail_verify_san.inc();
-                            return;
-                        }
+                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                if let (Some(v), Some(peer)) =
+                    (chain.config.tls.as_ref().and_then(|t| t.common.validation.as_ref()), &peer)
+                {
+                    if !crate::tls::verify_san(peer, &v.san_matchers) {
+                        rt.stats.ssl.fail_verify_san.inc();
+                        rt.stats.ssl.connection_error.inc();
+                        return;
                     }
                 }
-                rt.stats.ssl_handshake.inc();
+                rt.stats.ssl.handshake_done(peer.is_some());
                 dispatch(tls, chain, conn, state).await
             }
             Err(e) => {
-                rt.stats.ssl_connection_error.inc();
+                rt.stats.ssl.handshake_failed(&e);
                 tracing::debug!(error = %e, "downstream TLS handshake failed");
             }
         },

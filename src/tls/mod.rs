@@ -6,6 +6,7 @@
 
 pub mod client_hello;
 mod dynamic;
+pub mod stats;
 
 use std::sync::Arc;
 

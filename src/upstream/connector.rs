@@ -24,6 +24,8 @@ pub struct ConnStats {
     pub cx_active: Arc<Gauge>,
     pub cx_connect_fail: Arc<Counter>,
     pub cx_connect_timeout: Arc<Counter>,
+    /// `cluster.<name>.ssl.*`, for clusters with a TLS socket.
+    pub ssl: Option<Arc<crate::tls::stats::SslStats>>,
 }
 
 #[derive(Debug)]
@@ -256,8 +258,16 @@ impl Connector {
                 let name = crate::tls::server_name(&t.context, host);
                 let connector = tokio_rustls::TlsConnector::from(t.client.clone());
                 match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
-                    Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
+                    Ok(Ok(s)) => {
+                        if let Some(ssl) = &self.stats.ssl {
+                            ssl.handshake_done(true);
+                        }
+                        UpstreamStream::Tls(Box::new(s))
+                    }
                     Ok(Err(e)) => {
+                        if let Some(ssl) = &self.stats.ssl {
+                            ssl.handshake_failed(&e);
+                        }
                         self.stats.cx_connect_fail.inc();
                         return Err(ConnectError::Tls(e));
                     }

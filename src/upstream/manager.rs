@@ -220,6 +220,7 @@ impl ClusterStats {
                 cx_active: g("upstream_cx_active"),
                 cx_connect_fail: c("upstream_cx_connect_fail"),
                 cx_connect_timeout: c("upstream_cx_connect_timeout"),
+                ssl: None,
             },
         }
     }
@@ -301,8 +302,13 @@ impl ClusterState {
             tls(&config.tls),
             config.socket_matches.iter().map(|m| tls(&m.tls)).collect(),
         ));
+        let mut conn_stats = stats.conn.clone();
+        if sockets.default.is_some() || sockets.matches.iter().any(Option::is_some) {
+            conn_stats.ssl =
+                Some(Arc::new(crate::tls::stats::SslStats::new(store, &format!("cluster.{}", config.name))));
+        }
         let connector =
-            Connector { connect_timeout: config.connect_timeout, stats: stats.conn.clone(), sockets: sockets.clone() };
+            Connector { connect_timeout: config.connect_timeout, stats: conn_stats, sockets: sockets.clone() };
         let h1 = super::h1pool::H1Pool::new(connector.clone(), config.idle_timeout, config.max_requests_per_connection);
         let h2 = super::h2pool::H2Pool::new(connector.clone());
         let dns_names: Vec<EndpointAddress> = config
