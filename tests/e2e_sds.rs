@@ -21,6 +21,10 @@
 //!   SPIFFE SAN prefix) refuses plaintext (`no_filter_chain_match`), no client certificate
 //!   (`ssl.fail_verify_no_cert`), a foreign CA and an expired certificate
 //!   (`ssl.fail_verify_error`), and a wrong identity (`ssl.fail_verify_san`).
+//! * `istio_alpn_selects_the_peer_http_chain`: with the `istio.alpn` filter on the outbound HCM the
+//!   mTLS connection offers `istio-http/1.1`, and the receiving side's filter chain for Istio's
+//!   HTTP ALPNs serves it; without the filter the same request lands on the plain TLS (TCP) chain,
+//!   as it would with Envoy sidecars.
 //! * `static_secret_upstream_mtls`: Remora → an mTLS upstream (a second Remora listener) with the
 //!   client certificate from a static secret and the upstream verified against its CA with a
 //!   SPIFFE SAN matcher, not by host name; a wrong SAN is refused.
@@ -701,4 +705,108 @@ async fn strict_mtls_refusals_are_counted() {
     assert_eq!(n("ssl.fail_verify_san"), 1, "{stats:?}");
     assert_eq!(n("ssl.connection_error"), 4, "{stats:?}");
     assert_eq!(n("ssl.handshake"), 1, "{stats:?}");
+}
+
+fn istio_alpn_filter() -> Value {
+    json!({
+        "name": "istio.alpn",
+        "typed_config": {
+            "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            "alpn_override": [
+                {"upstream_protocol": "HTTP10", "alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
+                {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
+                {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}
+            ]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_alpn_selects_the_peer_http_chain() {
+    let (ca, issuer) = pki::ca("alpn CA");
+    let (server, server_key) = pki::leaf(&issuer, "sidecar", &[], Some(SERVER_ID));
+    let (client, client_key) = pki::leaf(&issuer, "client", &[], Some(CLIENT_ID));
+    let http_app = Upstream::start("http-chain").await.expect("upstream");
+    let tcp_app = Upstream::start("tcp-chain").await.expect("upstream");
+    let (admin, with_alpn, without_alpn, inbound) = (free_port(), free_port(), free_port(), free_port());
+    let server_tls = |alpn: Value| {
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": {
+                    "alpn_protocols": alpn,
+                    "tls_certificate_sds_secret_configs": [{"name": "server"}],
+                    "validation_context_sds_secret_config": {"name": "trust"}
+                }
+            }
+        })
+    };
+    // The receiving sidecar, shaped like istiod's PERMISSIVE/STRICT inbound chains for one port.
+    let http_chain = json!({
+        "filter_chain_match": {"transport_protocol": "tls", "application_protocols": ["istio-http/1.0", "istio-http/1.1", "istio-h2"]},
+        "filters": [hcm("inbound_http", vhost(json!([route("/", "http_app", json!({}))])), json!({}))],
+        "transport_socket": server_tls(json!(["h2", "http/1.1"]))
+    });
+    let tcp_chain = json!({
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": [{
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "inbound_tcp", "cluster": "tcp_app"}
+        }],
+        "transport_socket": server_tls(json!(["istio-peer-exchange", "h2", "http/1.1"]))
+    });
+    let inbound_listener = json!({
+        "name": "inbound",
+        "address": util::socket_address(inbound),
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": [http_chain, tcp_chain]
+    });
+    let mut outbound = cluster("outbound", &[inbound]);
+    outbound["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["istio-peer-exchange", "istio"],
+                "tls_certificate_sds_secret_configs": [{"name": "client"}],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_subject_alt_names": [{"exact": SERVER_ID}]},
+                    "validation_context_sds_secret_config": {"name": "trust"}
+                }
+            }
+        }
+    });
+    let routes = vhost(json!([route("/", "outbound", json!({}))]));
+    let mut config = bootstrap(
+        admin,
+        vec![
+            listener(
+                "with_alpn",
+                with_alpn,
+                hcm("with_alpn", routes.clone(), json!({"http_filters": [istio_alpn_filter(), util::router_filter()]})),
+                None,
+            ),
+            listener("without_alpn", without_alpn, hcm("without_alpn", routes, json!({})), None),
+            inbound_listener,
+        ],
+        vec![outbound, cluster("http_app", &[http_app.port()]), cluster("tcp_app", &[tcp_app.port()])],
+    );
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("@type");
+        v
+    };
+    config["static_resources"]["secrets"] = json!([
+        strip(tls_secret("server", &server, &server_key)),
+        strip(tls_secret("client", &client, &client_key)),
+        strip(ca_secret("trust", &ca)),
+    ]);
+    let proxy = Proxy::start(&config, &[with_alpn, without_alpn, inbound]).await;
+    let resp = util::get(with_alpn, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), proxy.logs());
+    assert_eq!(resp.json()["upstream"], "http-chain", "istio.alpn must select the HTTP chain: {}", resp.text());
+    let resp = util::get(without_alpn, "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), proxy.logs());
+    assert_eq!(resp.json()["upstream"], "tcp-chain", "{}", resp.text());
 }

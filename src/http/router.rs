@@ -170,6 +170,19 @@ pub async fn forward(
         Some(Bytes::new())
     };
 
+    // istio.alpn: the upstream TLS connection names the request's protocol, unless the cluster
+    // opted out (DestinationRule TLS SIMPLE/MUTUAL sets `istio.alpn_override: "false"`).
+    let alpn = hcm.config.alpn_override().filter(|_| cluster.config().alpn_override_allowed).and_then(|o| {
+        use crate::model::istio_alpn::UpstreamProtocol as P;
+        let protocol = if cluster.uses_h2(meta.version == Version::HTTP_2) {
+            P::Http2
+        } else if meta.version == Version::HTTP_10 {
+            P::Http10
+        } else {
+            P::Http11
+        };
+        o.protocols(protocol).map(|protocols| crate::upstream::connector::AlpnChoice { key: protocol as u8, protocols })
+    });
     let deadline = timeout.map(|t| meta.start + t);
     let max_attempts = retry.map_or(1, |r| r.num_retries.saturating_add(1));
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -255,7 +268,7 @@ pub async fn forward(
         let rq_active = crate::telemetry::stats::GaugeGuard::new(&cluster.stats.rq_active);
         let host_guard = host.start_request();
         let sent_at = Instant::now();
-        let send = cluster.send(upstream_req, host.address, downstream_h2);
+        let send = cluster.send(upstream_req, host.address, downstream_h2, alpn);
         let try_deadline = match (per_try, deadline) {
             (Some(p), Some(d)) => Some((sent_at + p).min(d)),
             (Some(p), None) => Some(sent_at + p),

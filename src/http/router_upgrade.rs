@@ -15,7 +15,7 @@ pub async fn tunnel(mut req: Request<Incoming>, cluster: &ClusterState, meta: &R
     let Some(host) = cluster.choose_host(&LbContext::default()) else {
         return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::NO_HEALTHY_UPSTREAM, meta.grpc);
     };
-    let stream = match cluster.connector.connect(host.address, None).await {
+    let stream = match cluster.connector.connect(host.address, None, None).await {
         Ok(s) => s,
         Err(e) => {
             return local_reply::reply(

@@ -26,6 +26,9 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     pub circuit_breakers: Thresholds,
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `filter_metadata.istio.alpn_override` is not `"false"`: `istio.alpn` may replace the
+    /// ALPN of this cluster's TLS connections.
+    pub alpn_override_allowed: bool,
     /// `transport_socket_matches`, in order; an endpoint matching none uses `tls`.
     pub socket_matches: Vec<SocketMatch>,
     pub dns_refresh_rate: Duration,
@@ -307,6 +310,11 @@ impl Cluster {
             protocol,
             circuit_breakers,
             tls,
+            alpn_override_allowed: !c
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get("istio"))
+                .is_some_and(|s| struct_fields(s).iter().any(|(k, v)| k == "alpn_override" && v == "false")),
             socket_matches,
             dns_refresh_rate,
             dns_lookup_family,

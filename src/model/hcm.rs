@@ -42,6 +42,8 @@ pub enum HttpFilter {
     Harmless {
         name: String,
     },
+    /// `istio.alpn`: the ALPN offered to TLS upstreams per request protocol.
+    AlpnOverride(Arc<super::istio_alpn::AlpnOverride>),
     /// Not implemented: requests through this chain are refused (fail closed).
     Unimplemented {
         name: String,
@@ -86,6 +88,14 @@ pub struct HttpConnectionManager {
 }
 
 impl HttpConnectionManager {
+    /// The `istio.alpn` override of this connection manager, if it has the filter.
+    pub fn alpn_override(&self) -> Option<&Arc<super::istio_alpn::AlpnOverride>> {
+        self.filters.iter().find_map(|f| match f {
+            HttpFilter::AlpnOverride(o) => Some(o),
+            _ => None,
+        })
+    }
+
     pub fn from_proto(h: &pb::HttpConnectionManager, notes: &mut Notes) -> FieldResult<Self> {
         if h.stat_prefix.is_empty() {
             return Err(FieldError::new("stat_prefix", "value length must be at least 1 characters"));
@@ -229,14 +239,12 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
             "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
             | "stats.PluginConfig"
             | "io.istio.http.peer_metadata.Config" => HttpFilter::Harmless { name: f.name.clone() },
-            // istio.alpn rewrites the ALPN offered to mTLS upstreams; it matters only for Istio's
-            // mTLS, which comes with mesh identity. Until then upstream TLS offers the cluster's ALPN.
             "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig" => {
-                notes.warn(format!(
-                    "HTTP filter '{}' (istio.alpn) is not applied yet: upstream TLS offers the cluster's ALPN",
-                    f.name
-                ));
-                HttpFilter::Harmless { name: f.name.clone() }
+                let c: super::istio_alpn::FilterConfig =
+                    super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                let o = super::istio_alpn::AlpnOverride::from_config(&c)
+                    .map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                HttpFilter::AlpnOverride(Arc::new(o))
             }
             other
                 if other.starts_with("envoy.extensions.filters.http.")

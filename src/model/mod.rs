@@ -14,6 +14,7 @@ pub mod error;
 pub mod format;
 pub mod hcm;
 pub mod headers;
+pub mod istio_alpn;
 pub mod listener;
 pub mod matcher;
 pub mod retained;

@@ -62,7 +62,7 @@ where
             cluster.stats.cx_none_healthy.inc();
             return;
         };
-        match cluster.connector.connect(host.address, None).await {
+        match cluster.connector.connect(host.address, None, None).await {
             Ok(s) => {
                 upstream = Some((s, host));
                 break;

@@ -122,7 +122,7 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(cert));
-    cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    cfg.alpn_protocols = offered_alpn(&c.alpn);
     Ok(Arc::new(cfg))
 }
 
@@ -158,8 +158,24 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         Some(cert) => builder.with_client_cert_resolver(Arc::new(cert)),
         None => builder.with_no_client_auth(),
     };
-    cfg.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    cfg.alpn_protocols = offered_alpn(&c.alpn);
     Ok(Arc::new(cfg))
+}
+
+/// ALPN protocols as Remora offers or accepts them. `istio-peer-exchange` promises the peer an
+/// Istio metadata-exchange frame before any application byte; Remora does not write or read that
+/// frame yet, so it stands in with `istio` (what Istio peers also accept, without the frame): an
+/// Envoy client then negotiates `istio` and sends no frame, an Envoy server finds no common
+/// protocol and proceeds without one, and no unexpected bytes reach either application.
+pub fn offered_alpn(protocols: &[String]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(protocols.len());
+    for p in protocols {
+        let p = if p == "istio-peer-exchange" { "istio" } else { p.as_str() };
+        if !out.iter().any(|o| o == p.as_bytes()) {
+            out.push(p.as_bytes().to_vec());
+        }
+    }
+    out
 }
 
 /// The SNI to send: the configured one, else the IP/host the connection is for is not sent

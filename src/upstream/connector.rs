@@ -125,6 +125,14 @@ impl UpstreamSockets {
     }
 }
 
+/// ALPN protocols replacing a TLS socket's own for one connection (`istio.alpn`), and the key
+/// that keeps such connections apart in the pools (0 is "no override").
+#[derive(Debug, Clone, Copy)]
+pub struct AlpnChoice<'a> {
+    pub key: u8,
+    pub protocols: &'a [String],
+}
+
 #[derive(Debug, Clone)]
 pub struct Connector {
     pub connect_timeout: Duration,
@@ -250,13 +258,28 @@ impl AsyncWrite for UpstreamStream {
 
 impl Connector {
     /// TCP (and TLS, if configured) to `addr`; `host` is the logical name for auto SNI.
-    pub async fn connect(&self, addr: SocketAddr, host: Option<&str>) -> Result<CountedStream, ConnectError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: Option<&str>,
+        alpn: Option<AlpnChoice<'_>>,
+    ) -> Result<CountedStream, ConnectError> {
         let tcp = self.connect_tcp(addr).await?;
         let io = match self.sockets.for_address(addr) {
             None => UpstreamStream::Plain(tcp),
             Some(t) => {
                 let name = crate::tls::server_name(&t.context, host);
-                let connector = tokio_rustls::TlsConnector::from(t.client.clone());
+                let client = match alpn {
+                    // A per-connection copy: the override is per request protocol, the socket's
+                    // config is shared (certificates, verifier and session cache come along).
+                    Some(a) => {
+                        let mut c = (*t.client).clone();
+                        c.alpn_protocols = crate::tls::offered_alpn(a.protocols);
+                        Arc::new(c)
+                    }
+                    None => t.client.clone(),
+                };
+                let connector = tokio_rustls::TlsConnector::from(client);
                 match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
                     Ok(Ok(s)) => {
                         if let Some(ssl) = &self.stats.ssl {
@@ -318,7 +341,7 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let addr: SocketAddr =
                 uri.authority().and_then(|a| a.as_str().parse().ok()).ok_or(ConnectError::BadAddress)?;
-            this.connect(addr, None).await
+            this.connect(addr, None, None).await
         })
     }
 }

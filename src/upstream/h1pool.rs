@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::connector::Connector;
+use super::connector::{AlpnChoice, Connector};
 use super::manager::{SendError, UpstreamBody};
 
 #[derive(Debug)]
@@ -27,12 +27,16 @@ struct Idle {
     served: u32,
 }
 
+/// Connections are pooled per endpoint and per ALPN override (a connection negotiated for one
+/// override is not reused for another).
+type PoolKey = (SocketAddr, u8);
+
 #[derive(Debug)]
 pub struct H1Pool {
     connector: Connector,
     idle_timeout: Duration,
     max_requests: Option<u32>,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl H1Pool {
@@ -40,9 +44,9 @@ impl H1Pool {
         Arc::new(H1Pool { connector, idle_timeout, max_requests, idle: Mutex::new(HashMap::new()) })
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<Idle> {
+    fn take_idle(&self, key: PoolKey) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = idle.get_mut(&addr)?;
+        let stack = idle.get_mut(&key)?;
         while let Some(c) = stack.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
                 return Some(c);
@@ -51,16 +55,21 @@ impl H1Pool {
         None
     }
 
-    fn put_back(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>, served: u32) {
+    fn put_back(&self, key: PoolKey, sender: SendRequest<UpstreamBody>, served: u32) {
         if sender.is_closed() || self.max_requests.is_some_and(|m| served >= m) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry(addr).or_default().push(Idle { sender, since: Instant::now(), served });
+        idle.entry(key).or_default().push(Idle { sender, since: Instant::now(), served });
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let stream = self.connector.connect(addr, None).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<AlpnChoice<'_>>,
+    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let stream =
+            self.connector.connect(addr, None, alpn).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(stream)
             .await
@@ -78,16 +87,18 @@ impl H1Pool {
         self: &Arc<Self>,
         req: http::Request<UpstreamBody>,
         addr: SocketAddr,
+        alpn: Option<AlpnChoice<'_>>,
     ) -> Result<http::Response<PooledBody>, SendError> {
+        let key = (addr, alpn.map_or(0, |a| a.key));
         // A pooled connection may still be finishing its previous response; wait for it to be
         // ready rather than dropping a good connection, and dial if it turns out dead.
-        let reused = match self.take_idle(addr) {
+        let reused = match self.take_idle(key) {
             Some(mut idle) => idle.sender.ready().await.is_ok().then_some((idle.sender, idle.served)),
             None => None,
         };
         let (mut sender, served) = match reused {
             Some(x) => x,
-            None => (self.dial(addr).await?, 0),
+            None => (self.dial(addr, alpn).await?, 0),
         };
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
@@ -98,11 +109,11 @@ impl H1Pool {
         let keep_alive =
             !resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let (parts, body) = resp.into_parts();
-        let mut slot = keep_alive.then(|| ReturnSlot { pool: self.clone(), addr, sender, served: served + 1 });
+        let mut slot = keep_alive.then(|| ReturnSlot { pool: self.clone(), key, sender, served: served + 1 });
         if http_body::Body::is_end_stream(&body) {
             // No body will be polled (204, HEAD, content-length 0): the connection is free now.
             if let Some(s) = slot.take() {
-                self.put_back(s.addr, s.sender, s.served);
+                self.put_back(s.key, s.sender, s.served);
             }
         }
         Ok(http::Response::from_parts(parts, PooledBody { inner: body, slot }))
@@ -111,7 +122,7 @@ impl H1Pool {
 
 struct ReturnSlot {
     pool: Arc<H1Pool>,
-    addr: SocketAddr,
+    key: PoolKey,
     sender: SendRequest<UpstreamBody>,
     served: u32,
 }
@@ -142,7 +153,7 @@ impl http_body::Body for PooledBody {
         };
         if done {
             if let Some(slot) = this.slot.take() {
-                slot.pool.put_back(slot.addr, slot.sender, slot.served);
+                slot.pool.put_back(slot.key, slot.sender, slot.served);
             }
         }
         if let Poll::Ready(Some(Err(_))) = &polled {

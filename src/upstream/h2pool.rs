@@ -9,13 +9,13 @@ use std::sync::Mutex;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::connector::{ConnectError, Connector};
+use super::connector::{AlpnChoice, ConnectError, Connector};
 use super::manager::UpstreamBody;
 
 #[derive(Debug)]
 pub struct H2Pool {
     connector: Connector,
-    conns: Mutex<HashMap<SocketAddr, SendRequest<UpstreamBody>>>,
+    conns: Mutex<HashMap<(SocketAddr, u8), SendRequest<UpstreamBody>>>,
 }
 
 impl H2Pool {
@@ -28,11 +28,13 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
         host: Option<&str>,
+        alpn: Option<AlpnChoice<'_>>,
     ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-        if let Some(s) = self.lock().get(&addr).filter(|s| !s.is_closed()).cloned() {
+        let key = (addr, alpn.map_or(0, |a| a.key));
+        if let Some(s) = self.lock().get(&key).filter(|s| !s.is_closed()).cloned() {
             return Ok(s);
         }
-        let stream = self.connector.connect(addr, host).await?;
+        let stream = self.connector.connect(addr, host, alpn).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(stream)
@@ -43,11 +45,11 @@ impl H2Pool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.lock().insert(addr, sender.clone());
+        self.lock().insert(key, sender.clone());
         Ok(sender)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SendRequest<UpstreamBody>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u8), SendRequest<UpstreamBody>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

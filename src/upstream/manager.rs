@@ -408,6 +408,7 @@ impl ClusterState {
         mut req: http::Request<UpstreamBody>,
         addr: SocketAddr,
         downstream_h2: bool,
+        alpn: Option<super::connector::AlpnChoice<'_>>,
     ) -> Result<http::Response<UpstreamResponseBody>, SendError> {
         if !self.uses_h2(downstream_h2) {
             *req.version_mut() = http::Version::HTTP_11;
@@ -417,7 +418,7 @@ impl ClusterState {
                 let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 *req.uri_mut() = http::Uri::try_from(pq).map_err(|_| SendError::Reset)?;
             }
-            let resp = self.h1.send(req, addr).await?;
+            let resp = self.h1.send(req, addr, alpn).await?;
             return Ok(resp.map(|body| UpstreamResponseBody::H1 { body }));
         }
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -429,7 +430,7 @@ impl ClusterState {
             .map(str::to_string)
             .unwrap_or_else(|| addr.to_string());
         let mut sender =
-            self.h2.sender(addr, Some(&authority)).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
+            self.h2.sender(addr, Some(&authority), alpn).await.map_err(|e| SendError::Connect(e.reset_reason()))?;
         *req.uri_mut() = http::Uri::builder()
             .scheme(if self.connector.sockets.for_address(addr).is_some() { "https" } else { "http" })
             .authority(authority.as_str())
