@@ -23,6 +23,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     pub tls: bool,
     pub sni: Option<String>,
+    /// The client's certificates, on mTLS connections.
+    pub peer: Option<Arc<crate::tls::peer::TlsPeer>>,
 }
 
 /// Envoy's `http.<stat_prefix>.*` stats.

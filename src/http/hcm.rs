@@ -147,6 +147,7 @@ pub async fn handle(
         version == Version::HTTP_2,
         websocket,
     );
+    super::xfcc::apply(req.headers_mut(), cfg.forward_client_cert, cfg.client_cert_details, conn.peer.as_deref());
     let host = request_host(&req);
     if !req.headers().contains_key(header::HOST) {
         // h2 carries the authority in `:authority`; h1 upstreams need a Host header.

@@ -12,5 +12,6 @@ pub mod local_reply;
 pub mod request_headers;
 pub mod router;
 mod router_upgrade;
+pub mod xfcc;
 
 pub use conn::{serve_connection, ConnInfo, HcmRuntime};

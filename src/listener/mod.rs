@@ -164,7 +164,8 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
         rt.stats.no_filter_chain_match.inc();
         return;
     };
-    let conn = ConnInfo { remote, local: destination, tls: chain.tls.is_some(), sni: inspected.sni.clone() };
+    let mut conn =
+        ConnInfo { remote, local: destination, tls: chain.tls.is_some(), sni: inspected.sni.clone(), peer: None };
     match &chain.tls {
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls) => {
@@ -179,6 +180,9 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
                     }
                 }
                 rt.stats.ssl.handshake_done(peer.is_some());
+                if let (Some(local), Some(certs)) = (&chain.config.tls, tls.get_ref().1.peer_certificates()) {
+                    conn.peer = crate::tls::peer::TlsPeer::new(certs.to_vec(), local.clone());
+                }
                 dispatch(tls, chain, conn, state).await
             }
             Err(e) => {

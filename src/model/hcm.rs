@@ -85,6 +85,28 @@ pub struct HttpConnectionManager {
     pub strip_matching_host_port: bool,
     pub strip_any_host_port: bool,
     pub proxy_100_continue: bool,
+    pub forward_client_cert: ForwardClientCert,
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// `set_current_client_cert_details`: which peer-certificate facts go into the header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub cert: bool,
+    pub chain: bool,
+    pub dns: bool,
+    pub uri: bool,
 }
 
 impl HttpConnectionManager {
@@ -148,9 +170,25 @@ impl HttpConnectionManager {
             .upgrade_configs
             .iter()
             .any(|u| u.upgrade_type.eq_ignore_ascii_case("websocket") && u.enabled.as_ref().is_none_or(|b| b.value));
-        if h.forward_client_cert_details != 0 {
-            notes.warn("forward_client_cert_details is not implemented yet: x-forwarded-client-cert is removed, never forwarded".into());
-        }
+        let forward_client_cert = match h.forward_client_cert_details {
+            0 => ForwardClientCert::Sanitize,
+            1 => ForwardClientCert::ForwardOnly,
+            2 => ForwardClientCert::AppendForward,
+            3 => ForwardClientCert::SanitizeSet,
+            4 => ForwardClientCert::AlwaysForwardOnly,
+            other => return Err(FieldError::new("forward_client_cert_details", format!("unknown value {other}"))),
+        };
+        let client_cert_details = h
+            .set_current_client_cert_details
+            .as_ref()
+            .map(|d| ClientCertDetails {
+                subject: d.subject.is_some_and(|b| b.value),
+                cert: d.cert,
+                chain: d.chain,
+                dns: d.dns,
+                uri: d.uri,
+            })
+            .unwrap_or_default();
         if !h.access_log.is_empty() {
             notes.warn("HTTP access logs are not implemented yet".into());
         }
@@ -201,6 +239,8 @@ impl HttpConnectionManager {
                 Some(pb::http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
             proxy_100_continue: h.proxy_100_continue,
+            forward_client_cert,
+            client_cert_details,
         })
     }
 }

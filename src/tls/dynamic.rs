@@ -29,6 +29,10 @@ pub enum CertSource {
 }
 
 impl CertSource {
+    pub fn current_key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         match self {
             CertSource::Fixed(k) => Some(k.clone()),

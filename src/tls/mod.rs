@@ -6,6 +6,7 @@
 
 pub mod client_hello;
 mod dynamic;
+pub mod peer;
 pub mod stats;
 
 use std::sync::Arc;
@@ -100,6 +101,12 @@ fn roots_source(c: &CommonTls) -> Result<Option<RootsSource>, TlsError> {
         return Ok(Some(RootsSource::Sds(crate::secrets::store().slot(r)?)));
     }
     Ok(c.validation.as_ref().map(root_store).transpose()?.flatten().map(|s| RootsSource::Fixed(Arc::new(s))))
+}
+
+/// The certificate a `DownstreamTlsContext` serves now (its first), for reporting it.
+pub fn current_certificate(t: &DownstreamTls) -> Option<CertificateDer<'static>> {
+    let source = cert_source(&t.common).ok().flatten()?;
+    source.current_key().and_then(|k| k.cert.first().cloned())
 }
 
 /// A server config for a filter chain's `DownstreamTlsContext`.
