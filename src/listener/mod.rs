@@ -6,6 +6,7 @@
 
 pub mod filter_chain;
 mod original_dst;
+mod tls_accept;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 use crate::http::{ConnInfo, HcmRuntime};
 use crate::model::error::ConfigError;
@@ -26,7 +26,7 @@ use crate::tls::client_hello;
 /// A filter chain ready to serve: TLS acceptor and terminal runtime built once per snapshot.
 pub struct ChainRuntime {
     pub config: Arc<FilterChain>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<tls_accept::DownstreamTls>,
     pub terminal: Terminal,
 }
 
@@ -56,7 +56,7 @@ impl ListenerRuntime {
     pub fn build(config: Arc<Listener>, store: &Store) -> Result<Self, ConfigError> {
         let chain = |fc: &Arc<FilterChain>, path: String| -> Result<ChainRuntime, ConfigError> {
             let tls = match fc.tls.as_ref().map(|t| crate::tls::server_config(t)) {
-                Some(Ok(cfg)) => Some(TlsAcceptor::from(cfg)),
+                Some(Ok(cfg)) => Some(tls_accept::DownstreamTls::new(cfg)),
                 Some(Err(e)) => {
                     return Err(ConfigError::new(
                         "listener",
