@@ -41,7 +41,7 @@ fn main() {
     files.sort();
 
     let descriptor = out_dir.join("api_descriptor.bin");
-    let mut cmd = Command::new(protoc);
+    let mut cmd = Command::new(&protoc);
     cmd.arg("--include_imports").arg(format!("--descriptor_set_out={}", descriptor.display()));
     cmd.arg(format!("-I{}", local_proto.display()));
     for r in &roots {
@@ -53,6 +53,18 @@ fn main() {
     if !out.status.success() {
         panic!("protoc failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
+
+    // Rust types and the tonic client/server for Istio's CA service (the only gRPC API Remora
+    // speaks that envoy-types does not generate).
+    let mut prost = prost_build::Config::new();
+    prost.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .compile_with_config(
+            prost,
+            &[local_proto.join("istio/security/v1alpha1/ca.proto")],
+            &[local_proto.clone(), wkt_include.clone()],
+        )
+        .expect("compile proto/istio/security/v1alpha1/ca.proto");
 }
 
 /// Paths of every `.proto` under `dir`, relative to the include root `root`.

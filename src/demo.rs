@@ -160,6 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             listener_ports: BTreeMap::from([(9080, u32::from(outbound))]),
             domain_suffix: "cluster.local".into(),
         },
+        ca: None,
     };
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod control_plane;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod model;
 pub mod secrets;

@@ -119,9 +119,49 @@ pub struct Options {
     /// Print the version and exit.
     #[arg(long = "version", default_value_t = false)]
     pub version: bool,
+    /// Istio CA address (`host:port` over TLS, `http://host:port` plaintext); default `CA_ADDR`.
+    /// With one, Remora gets its workload certificate from the CA and serves `sds-grpc`'s
+    /// `default` and `ROOTCA` itself.
+    #[arg(long = "ca-addr")]
+    pub ca_addr: Option<String>,
+    /// Default `TRUST_DOMAIN`, else cluster.local.
+    #[arg(long = "trust-domain")]
+    pub trust_domain: Option<String>,
+    /// Default `POD_NAMESPACE`, else default.
+    #[arg(long = "pod-namespace")]
+    pub pod_namespace: Option<String>,
+    /// Default `SERVICE_ACCOUNT`, else default.
+    #[arg(long = "service-account")]
+    pub service_account: Option<String>,
+    /// Default `ISTIO_META_CLUSTER_ID`, else Kubernetes.
+    #[arg(long = "cluster-id")]
+    pub cluster_id: Option<String>,
+    /// Certificate lifetime to request, a Go duration (`24h`, `30s`); default `SECRET_TTL`, else 24h.
+    #[arg(long = "secret-ttl")]
+    pub secret_ttl: Option<String>,
+    /// Default ./var/run/secrets/tokens/istio-token (read on every CA call).
+    #[arg(long = "ca-token-path")]
+    pub ca_token_path: Option<std::path::PathBuf>,
+    /// Default ./var/run/secrets/istio/root-cert.pem.
+    #[arg(long = "ca-root-cert")]
+    pub ca_root_cert: Option<std::path::PathBuf>,
 }
 
 impl Options {
+    /// The identity flags, for [`crate::identity::IdentityConfig::from_env`].
+    pub fn identity_overrides(&self) -> crate::identity::config::Overrides {
+        crate::identity::config::Overrides {
+            ca_addr: self.ca_addr.clone(),
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.pod_namespace.clone(),
+            service_account: self.service_account.clone(),
+            cluster_id: self.cluster_id.clone(),
+            secret_ttl: self.secret_ttl.clone(),
+            token_path: self.ca_token_path.clone(),
+            root_cert_path: self.ca_root_cert.clone(),
+        }
+    }
+
     pub fn drain_time(&self) -> Duration {
         Duration::from_secs(self.drain_time_s)
     }

@@ -34,6 +34,17 @@ pub struct Args {
     /// The mesh DNS domain for short names (`reviews` → `reviews.<ns>.svc.<suffix>`).
     #[arg(long = "domain-suffix", default_value = "cluster.local")]
     pub domain_suffix: String,
+    /// Serve Istio's CA (`IstioCertificateService`) with the root in this directory
+    /// (`root-cert.pem`, `root-key.pem`; generated on first start).
+    #[arg(long = "ca-dir")]
+    pub ca_dir: Option<PathBuf>,
+    /// `token: spiffe://…` (or `token: NAMESPACE/SERVICE_ACCOUNT`) lines: the identities callers
+    /// authenticate as. Without it the CA trusts each CSR's SPIFFE ID (local development).
+    #[arg(long = "ca-tokens")]
+    pub ca_tokens: Option<PathBuf>,
+    /// The trust domain of issued identities.
+    #[arg(long = "trust-domain", default_value = "cluster.local")]
+    pub trust_domain: String,
     /// trace, debug, info, warn, error (or a tracing filter).
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     pub log_level: String,
@@ -58,6 +69,11 @@ impl Args {
                 listener_ports: self.listener_port.into_iter().collect::<BTreeMap<_, _>>(),
                 domain_suffix: self.domain_suffix,
             },
+            ca: self.ca_dir.map(|dir| super::CaOptions {
+                dir,
+                tokens: self.ca_tokens,
+                trust_domain: self.trust_domain,
+            }),
         }
     }
 }

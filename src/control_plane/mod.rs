@@ -8,6 +8,7 @@
 //! Owns: the server side of xDS. Must not touch the data path (`listener`, `http`, `upstream`,
 //! `model`) or the xDS client; it shares only the protos and the bootstrap decoder with them.
 
+pub mod ca;
 pub mod cli;
 pub mod istio;
 pub mod resource;
@@ -29,6 +30,15 @@ pub struct Options {
     pub config_dir: PathBuf,
     pub listen: SocketAddr,
     pub translate: istio::Options,
+    /// Serve Istio's CA API with the root in this directory.
+    pub ca: Option<CaOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    pub dir: PathBuf,
+    pub tokens: Option<PathBuf>,
+    pub trust_domain: String,
 }
 
 /// Why the control plane could not run.
@@ -38,6 +48,8 @@ pub enum ControlPlaneError {
     ConfigDir { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -52,6 +64,11 @@ pub async fn run(
     let path = opts.config_dir.display().to_string();
     let mut source = source::Source::new(&opts.config_dir, opts.translate.clone())
         .map_err(|source| ControlPlaneError::ConfigDir { path: path.clone(), source })?;
+    let ca = opts
+        .ca
+        .as_ref()
+        .map(|c| ca::CertificateAuthority::load_or_create(&c.dir, &c.trust_domain, c.tokens.as_deref()))
+        .transpose()?;
     let cache = Arc::new(Cache::default());
     cache.update(source.load());
     info!(dir = %path, resources = %cache.current().counts(), "config loaded");
@@ -62,7 +79,7 @@ pub async fn run(
     info!(%addr, "ADS server listening (StreamAggregatedResources and DeltaAggregatedResources)");
     on_listening(addr);
     let watcher = tokio::spawn(source::watch(source, cache.clone()));
-    let result = server::serve(listener, cache, shutdown).await;
+    let result = server::serve(listener, cache, ca, shutdown).await;
     watcher.abort();
     Ok(result?)
 }

@@ -24,6 +24,8 @@ pub enum ServerError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("workload identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("cannot bind {what} to {addr}: {source}")]
     Bind { what: String, addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -46,6 +48,10 @@ pub fn load(opts: &Options) -> Result<Snapshot, ServerError> {
 
 /// Serves until shut down. Returns after draining completes.
 pub async fn run(opts: &Options) -> Result<(), ServerError> {
+    // Before any TLS context is built: with a CA, `sds-grpc` secrets are served in-process.
+    if let Some(identity) = crate::identity::IdentityConfig::from_env(&opts.identity_overrides())? {
+        crate::identity::provider::start(identity)?;
+    }
     let snapshot = load(opts)?;
     for note in &snapshot.notes {
         tracing::warn!("{note}");

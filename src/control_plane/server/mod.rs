@@ -172,6 +172,7 @@ impl SecretDiscoveryService for Ads {
 pub async fn serve(
     listener: TcpListener,
     cache: Arc<Cache>,
+    ca: Option<super::ca::CertificateAuthority>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let ads = Arc::new(Ads::new(cache));
@@ -184,6 +185,9 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
         .add_service(sds)
+        .add_optional_service(
+            ca.map(crate::identity::pb::istio_certificate_service_server::IstioCertificateServiceServer::new),
+        )
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
 }
