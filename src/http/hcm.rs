@@ -419,7 +419,7 @@ fn redirect<B>(r: &RedirectAction, route: &Route, req: &Request<B>, meta: &Reque
     let new_path = match &r.path {
         RedirectPath::Keep => path.to_string(),
         RedirectPath::Replace(p) => p.clone(),
-        RedirectPath::PrefixRewrite(prefix) => rewrite_prefix(path, route.matcher.rewrite_prefix(), prefix),
+        RedirectPath::PrefixRewrite(prefix) => rewrite_prefix(path, route.matcher.rewritten_len(path), prefix),
         RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
     };
     let mut location = format!("{scheme}://{host}");
@@ -447,9 +447,10 @@ fn redirect<B>(r: &RedirectAction, route: &Route, req: &Request<B>, meta: &Reque
     resp
 }
 
-/// Replaces the matched prefix of `path` (case-insensitively matched prefixes included).
-pub fn rewrite_prefix(path: &str, matched: Option<&str>, replacement: &str) -> String {
-    let cut = matched.map_or(0, |m| m.len().min(path.len()));
+/// Replaces the first `cut` bytes of `path` (the matched prefix, case-insensitively matched
+/// prefixes included, or all of it).
+pub fn rewrite_prefix(path: &str, cut: usize, replacement: &str) -> String {
+    let cut = cut.min(path.len());
     let mut out = String::with_capacity(replacement.len() + path.len() - cut);
     out.push_str(replacement);
     out.push_str(&path[cut..]);

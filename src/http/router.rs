@@ -427,7 +427,7 @@ fn rewrite_request(
 fn rewrite_path(parts: &mut http::request::Parts, sel: &Selected<'_>, action: &ForwardAction) {
     let (path, query) = split_path_uri(&parts.uri);
     let new_path = if let Some(prefix) = &action.prefix_rewrite {
-        Some(rewrite_prefix(&path, sel.route.matcher.rewrite_prefix(), prefix))
+        Some(rewrite_prefix(&path, sel.route.matcher.rewritten_len(&path), prefix))
     } else {
         action.regex_rewrite.as_ref().map(|(re, sub)| re.replace_all(&path, sub.as_str()).into_owned())
     };

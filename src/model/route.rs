@@ -640,10 +640,13 @@ impl RouteMatch {
     }
 
     /// The part of the path a prefix rewrite replaces: the prefix (or whole path) matched.
-    pub fn rewrite_prefix(&self) -> Option<&str> {
+    /// How much of `path` a `prefix_rewrite` replaces: the matched prefix, or the whole path for
+    /// an exact or regex match (Envoy swaps "the matched prefix (or path)").
+    pub fn rewritten_len(&self, path: &str) -> usize {
         match &self.path {
-            PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::SeparatedPrefix(p) => Some(p),
-            PathMatch::Regex(_) | PathMatch::Never => None,
+            PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::SeparatedPrefix(p) => p.len().min(path.len()),
+            PathMatch::Regex(_) => path.len(),
+            PathMatch::Never => 0,
         }
     }
 
