@@ -20,10 +20,8 @@ mod support;
 mod xds_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,7 +33,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use support::{envoy_binary, free_port, remora_binary, wait_for_port, ChildGuard, TempDir, Upstream};
+use support::{envoy_binary, free_port, wait_for_port, TempDir, Upstream};
+use xds_common::{ControlPlane, Envoy};
+
+fn any_port() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
 
 const NODE_ID: &str = "sidecar~127.0.0.1~app.default~default.svc.cluster.local";
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -47,169 +50,8 @@ const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoad
 // processes
 // ---------------------------------------------------------------------------------------------
 
-/// A running `remora control-plane` (killed on drop).
-struct ControlPlane {
-    _guard: ChildGuard,
-    addr: SocketAddr,
-    log: PathBuf,
-    _log_dir: TempDir,
-}
-
-impl ControlPlane {
-    fn start(config_dir: &Path, extra: &[String]) -> ControlPlane {
-        let log_dir = TempDir::new("remora-cp-log").expect("temp dir");
-        let log = log_dir.path().join("control-plane.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(remora_binary())
-            .arg("control-plane")
-            .arg("--config-dir")
-            .arg(config_dir)
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("spawn remora control-plane");
-        let stdout = child.stdout.take().expect("stdout");
-        let guard = ChildGuard::new("control-plane", child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let mut rest = String::new();
-            while reader.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {
-                rest.clear();
-            }
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("control plane did not print its address: {line:?}; log:\n{}", read(&log)));
-        ControlPlane { _guard: guard, addr, log, _log_dir: log_dir }
-    }
-
-    fn logs(&self) -> String {
-        read(&self.log)
-    }
-}
-
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// A running Envoy whose LDS/CDS come over ADS from `xds` (killed on drop).
-struct Envoy {
-    _guard: ChildGuard,
-    admin: u16,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Envoy {
-    async fn start(bin: &Path, xds: SocketAddr, api_type: &str) -> Envoy {
-        let dir = TempDir::new("remora-cp-envoy").expect("temp dir");
-        let admin = free_port();
-        let bootstrap = format!(
-            r#"node:
-  id: "{NODE_ID}"
-  cluster: app.default
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds_cluster}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-bootstrap_extensions:
-- name: envoy.bootstrap.internal_listener
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
-static_resources:
-  clusters:
-  - {cluster}
-  - {sds}
-"#,
-            cluster = grpc_cluster("xds_cluster", xds),
-            sds = grpc_cluster("sds-grpc", xds),
-        );
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let log = dir.path().join("envoy.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "-l", "warning", "--disable-hot-restart"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file.try_clone().expect("log file")))
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("spawn envoy");
-        let envoy = Envoy { _guard: ChildGuard::new("envoy", child), admin, log, _dir: dir };
-        assert!(
-            wait_for_port(([127, 0, 0, 1], admin).into(), Duration::from_secs(20)).await,
-            "envoy admin did not come up; log:\n{}",
-            read(&envoy.log)
-        );
-        envoy
-    }
-
-    async fn admin_get(&self, path: &str) -> String {
-        let client = http_client();
-        get(&client, self.admin, "localhost", path).await.map(|(_, b)| b).unwrap_or_default()
-    }
-
-    async fn stats(&self) -> BTreeMap<String, u64> {
-        self.admin_get("/stats")
-            .await
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
-            .collect()
-    }
-
-    async fn stat(&self, name: &str) -> u64 {
-        self.stats().await.get(name).copied().unwrap_or(0)
-    }
-
-    /// Waits (bounded) until `/ready` says LIVE.
-    async fn wait_live(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.admin_get("/ready").await.trim() == "LIVE" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "envoy not LIVE within {timeout:?}; log:\n{}", read(&self.log));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn assert_no_rejections(&self, cp: &ControlPlane) {
-        let rejected: Vec<(String, u64)> =
-            self.stats().await.into_iter().filter(|(k, v)| k.ends_with("update_rejected") && *v > 0).collect();
-        assert!(
-            rejected.is_empty(),
-            "envoy rejected updates: {rejected:?}\nenvoy log:\n{}\ncontrol plane log:\n{}",
-            read(&self.log),
-            cp.logs()
-        );
-    }
-}
-
-/// A static h2 cluster to the control plane.
-fn grpc_cluster(name: &str, addr: SocketAddr) -> String {
-    format!(
-        r#"{{name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{http2_protocol_options: {{}}}}}}}}, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}}}"#,
-        port = addr.port()
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +199,7 @@ async fn istio_canary(api_type: &str) {
     let listen_port = free_port();
     let cp = ControlPlane::start(
         dir,
+        any_port(),
         &["--listener-address".into(), "127.0.0.1".into(), "--listener-port".into(), format!("9080={listen_port}")],
     );
     let envoy = Envoy::start(&envoy_bin, cp.addr, api_type).await;
@@ -476,7 +319,7 @@ eds_cluster_config:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream.port()}}}}]}],
         });
         write_atomic(config.path(), "endpoints.json", &cla.to_string());
-        let cp = ControlPlane::start(config.path(), &[]);
+        let cp = ControlPlane::start(config.path(), any_port(), &[]);
         let envoy = Envoy::start(&envoy_bin, cp.addr, api_type).await;
         envoy.wait_live(Duration::from_secs(20)).await;
         envoy.assert_no_rejections(&cp).await;
@@ -729,7 +572,7 @@ async fn istiod_dumps_are_served() {
     // protos in proto/istio) and is served, SotW and delta.
     let config = TempDir::new("remora-cp-dumps").expect("temp dir");
     write_resources(config.path(), &resources);
-    let cp = ControlPlane::start(config.path(), &[]);
+    let cp = ControlPlane::start(config.path(), any_port(), &[]);
     let logs = cp.logs();
     assert!(!logs.contains("ERROR"), "control plane reported errors:\n{logs}");
     let [sotw, delta] = fetch_all(cp.addr, &want).await;
@@ -813,7 +656,7 @@ async fn istiod_dumps_are_served() {
         "validation_context": {"trusted_ca": {"inline_string": ca.cert.pem()}},
     }));
     write_resources(config2.path(), &stripped);
-    let cp2 = ControlPlane::start(config2.path(), &[]);
+    let cp2 = ControlPlane::start(config2.path(), any_port(), &[]);
     for api_type in ["GRPC", "DELTA_GRPC"] {
         let envoy = Envoy::start(&envoy_bin, cp2.addr, api_type).await;
         let deadline = Instant::now() + Duration::from_secs(20);

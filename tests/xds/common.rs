@@ -305,3 +305,113 @@ pub fn endpoints(cluster: &str, ports: &[u16]) -> String {
         eps.join(",")
     )
 }
+
+/// A running Envoy whose LDS/CDS come over ADS from `xds` (killed on drop).
+pub struct Envoy {
+    _guard: ChildGuard,
+    pub admin: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Envoy {
+    pub async fn start(bin: &Path, xds: SocketAddr, api_type: &str) -> Envoy {
+        let dir = TempDir::new("remora-cp-envoy").expect("temp dir");
+        let admin = free_port();
+        let bootstrap = format!(
+            r#"node:
+  id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local"
+  cluster: app.default
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds_cluster}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+static_resources:
+  clusters:
+  - {cluster}
+  - {sds}
+"#,
+            cluster = grpc_cluster("xds_cluster", xds),
+            sds = grpc_cluster("sds-grpc", xds),
+        );
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, bootstrap).expect("write bootstrap");
+        let log = dir.path().join("envoy.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "-l", "warning", "--disable-hot-restart"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file.try_clone().expect("log file")))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn envoy");
+        let envoy = Envoy { _guard: ChildGuard::new("envoy", child), admin, log, _dir: dir };
+        assert!(
+            crate::support::wait_for_port(([127, 0, 0, 1], admin).into(), Duration::from_secs(20)).await,
+            "envoy admin did not come up; log:\n{}",
+            read(&envoy.log)
+        );
+        envoy
+    }
+
+    pub async fn admin_get(&self, path: &str) -> String {
+        let client = http_client();
+        get(&client, self.admin, "localhost", path, &[]).await.map(|(_, b)| b).unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> BTreeMap<String, u64> {
+        self.admin_get("/stats")
+            .await
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
+            .collect()
+    }
+
+    pub async fn stat(&self, name: &str) -> u64 {
+        self.stats().await.get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits (bounded) until `/ready` says LIVE.
+    pub async fn wait_live(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.admin_get("/ready").await.trim() == "LIVE" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "envoy not LIVE within {timeout:?}; log:\n{}", read(&self.log));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn assert_no_rejections(&self, cp: &ControlPlane) {
+        let rejected: Vec<(String, u64)> =
+            self.stats().await.into_iter().filter(|(k, v)| k.ends_with("update_rejected") && *v > 0).collect();
+        assert!(
+            rejected.is_empty(),
+            "envoy rejected updates: {rejected:?}\nenvoy log:\n{}\ncontrol plane log:\n{}",
+            read(&self.log),
+            cp.logs()
+        );
+    }
+}
+
+/// A static h2 cluster to the control plane.
+pub fn grpc_cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"{{name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{http2_protocol_options: {{}}}}}}}}, load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}}}"#,
+        port = addr.port()
+    )
+}
