@@ -433,3 +433,34 @@ async fn ca_errors_are_clear() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_stream_carries_the_workload_token() {
+    let m = mesh();
+    // Something to serve, so LIVE means the stream really delivered.
+    write_atomic_listener(&m.config_dir);
+    let args = ca_args(&m.cp, &m.frontend_token, "frontend", "1h");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let with_token = xds_common::Remora::start(m.cp.addr, "DELTA_GRPC", &args).await;
+    with_token.wait_live(Duration::from_secs(20)).await;
+    assert_eq!(with_token.stat("control_plane.connected_state").await, 1);
+    assert_eq!(with_token.stat("listener_manager.lds.update_success").await, 1, "{}", with_token.logs());
+
+    // Without a workload identity there is no token: the control plane refuses the stream.
+    let without = xds_common::Remora::start(m.cp.addr, "DELTA_GRPC", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !without.logs().contains("authentication failure") {
+        assert!(Instant::now() < deadline, "stream without a token not refused:\n{}", without.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(without.stat("control_plane.connected_state").await, 0);
+}
+
+fn write_atomic_listener(dir: &Path) {
+    let port = free_port();
+    let listener = format!(
+        r#"{{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "l", "address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {port}}}}},
+ "filter_chains": [{{"filters": [{{"name": "envoy.filters.network.tcp_proxy", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "t", "cluster": "nowhere"}}}}]}}]}}"#
+    );
+    xds_common::write_atomic(dir, "listener.json", &listener);
+}

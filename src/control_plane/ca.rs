@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tonic::{Request, Response, Status};
@@ -37,7 +38,7 @@ pub struct CertificateAuthority {
     root_not_after: SystemTime,
     trust_domain: String,
     /// bearer token → identity; `None`: trust the CSR's SPIFFE ID (development only).
-    tokens: Option<HashMap<String, Identity>>,
+    tokens: Option<Arc<HashMap<String, Identity>>>,
 }
 
 impl CertificateAuthority {
@@ -77,7 +78,7 @@ impl CertificateAuthority {
             x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| fail(format!("root-cert.pem: {e}")))?;
         let root_not_after: SystemTime = parsed.validity().not_after.to_datetime().into();
         let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, key).map_err(|e| fail(e.to_string()))?;
-        let tokens = tokens.map(|p| read_tokens(p, trust_domain)).transpose()?;
+        let tokens = tokens.map(|p| read_tokens(p, trust_domain)).transpose()?.map(Arc::new);
         if tokens.is_none() {
             tracing::warn!(
                 "CA without --ca-tokens: any caller gets the SPIFFE ID its CSR asks for (local development only)"
@@ -90,6 +91,12 @@ impl CertificateAuthority {
             trust_domain: trust_domain.to_string(),
             tokens,
         })
+    }
+
+    /// The token table, when callers must authenticate (xDS streams are checked against it too,
+    /// as istiod checks them).
+    pub fn tokens(&self) -> Option<Arc<HashMap<String, Identity>>> {
+        self.tokens.clone()
     }
 
     fn caller<T>(&self, req: &Request<T>, csr: &rcgen::CertificateSigningRequestParams) -> Result<Identity, Status> {

@@ -49,7 +49,12 @@ pub fn load(opts: &Options) -> Result<Snapshot, ServerError> {
 /// Serves until shut down. Returns after draining completes.
 pub async fn run(opts: &Options) -> Result<(), ServerError> {
     // Before any TLS context is built: with a CA, `sds-grpc` secrets are served in-process.
-    if let Some(identity) = crate::identity::IdentityConfig::from_env(&opts.identity_overrides())? {
+    let identity = crate::identity::IdentityConfig::from_env(&opts.identity_overrides())?;
+    let credentials = identity.as_ref().map(|i| crate::xds::config::XdsCredentials {
+        token_path: i.token_path.clone(),
+        cluster_id: i.cluster_id.clone(),
+    });
+    if let Some(identity) = identity {
         crate::identity::provider::start(identity)?;
     }
     let snapshot = load(opts)?;
@@ -60,7 +65,10 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
     state.set_server_state(ServerState::Initializing);
     let admin_addr = snapshot.admin_address;
     let xds = match &snapshot.bootstrap {
-        Some(b) => crate::xds::XdsConfig::from_bootstrap(b, &snapshot)?,
+        Some(b) => crate::xds::XdsConfig::from_bootstrap(b, &snapshot)?.map(|mut x| {
+            x.credentials = credentials;
+            x
+        }),
         None => None,
     };
     let node = snapshot.bootstrap.as_ref().and_then(|b| b.node.clone()).unwrap_or_default();

@@ -34,12 +34,21 @@ pub struct XdsConfig {
     /// The static cluster the ADS stream goes to.
     pub cluster: Arc<Cluster>,
     pub initial_metadata: Vec<(String, String)>,
+    /// With a workload identity, each (re)connect also carries `authorization: Bearer <token>`
+    /// (the token file read then) and `clusterid`, as pilot-agent's xDS proxy adds them for istiod.
+    pub credentials: Option<XdsCredentials>,
     pub node: Node,
     pub node_on_first_message_only: bool,
     /// `Some` when CDS comes over ADS.
     pub cds: Option<FetchTimeout>,
     /// `Some` when LDS comes over ADS.
     pub lds: Option<FetchTimeout>,
+}
+
+#[derive(Debug, Clone)]
+pub struct XdsCredentials {
+    pub token_path: std::path::PathBuf,
+    pub cluster_id: String,
 }
 
 fn err(path: &str, reason: impl Into<String>) -> ConfigError {
@@ -144,6 +153,7 @@ impl XdsConfig {
             api,
             cluster,
             initial_metadata,
+            credentials: None,
             node: b.node.clone().unwrap_or_default(),
             node_on_first_message_only: ads.set_node_on_first_message_only,
             cds,

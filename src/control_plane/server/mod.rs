@@ -176,10 +176,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let ads = Arc::new(Ads::new(cache));
-    let service = AggregatedDiscoveryServiceServer::from_arc(ads.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(usize::MAX);
-    let sds = SecretDiscoveryServiceServer::from_arc(ads).max_decoding_message_size(64 << 20);
+    // With a CA token table, xDS callers authenticate too (istiod: XDS auth on 15012).
+    let tokens = ca.as_ref().and_then(|c| c.tokens());
+    let authenticate = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
+        let Some(tokens) = &tokens else { return Ok(req) };
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token {
+            Some(t) if tokens.contains_key(t) => Ok(req),
+            _ => Err(Status::unauthenticated("authentication failure: missing or unknown bearer token")),
+        }
+    };
+    let service = tonic::service::interceptor::InterceptedService::new(
+        AggregatedDiscoveryServiceServer::from_arc(ads.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(usize::MAX),
+        authenticate.clone(),
+    );
+    let sds = tonic::service::interceptor::InterceptedService::new(
+        SecretDiscoveryServiceServer::from_arc(ads).max_decoding_message_size(64 << 20),
+        authenticate,
+    );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

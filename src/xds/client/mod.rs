@@ -96,13 +96,27 @@ pub(crate) fn request_channel<T: Send + 'static>() -> (mpsc::Sender<T>, impl Str
     (tx, stream)
 }
 
-/// The streaming request with the configured `initial_metadata`.
-pub(super) fn with_metadata<S>(stream: S, metadata: &[(String, String)]) -> Result<tonic::Request<S>, XdsError> {
+/// The streaming request with the configured `initial_metadata`, and the workload's credentials
+/// (the token re-read now: projected tokens rotate).
+pub(super) fn with_metadata<S>(stream: S, cfg: &XdsConfig) -> Result<tonic::Request<S>, XdsError> {
     let mut req = tonic::Request::new(stream);
-    for (k, v) in metadata {
+    for (k, v) in &cfg.initial_metadata {
         let key = AsciiMetadataKey::from_bytes(k.as_bytes()).map_err(|_| XdsError::Metadata(k.clone()))?;
         let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|_| XdsError::Metadata(k.clone()))?;
         req.metadata_mut().append(key, value);
+    }
+    if let Some(c) = &cfg.credentials {
+        match std::fs::read_to_string(&c.token_path) {
+            Ok(token) => {
+                let value = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .map_err(|_| XdsError::Metadata("authorization".into()))?;
+                req.metadata_mut().insert("authorization", value);
+            }
+            Err(e) => tracing::warn!(path = %c.token_path.display(), error = %e, "no token for the xDS stream"),
+        }
+        if let Ok(v) = AsciiMetadataValue::try_from(c.cluster_id.as_str()) {
+            req.metadata_mut().insert("clusterid", v);
+        }
     }
     Ok(req)
 }

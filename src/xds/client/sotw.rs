@@ -65,8 +65,7 @@ pub(super) async fn stream(channel: Channel, cfg: &XdsConfig, engine: &mut Engin
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut inbound =
-        client.stream_aggregated_resources(with_metadata(outbound, &cfg.initial_metadata)?).await?.into_inner();
+    let mut inbound = client.stream_aggregated_resources(with_metadata(outbound, cfg)?).await?.into_inner();
     engine.set_connected(true);
     loop {
         let deadline = engine.next_deadline();
