@@ -73,6 +73,19 @@ fn ca_secret(name: &str, ca: &rcgen::Certificate) -> Value {
     })
 }
 
+/// `static_resources.secrets`: the same secrets without the `@type` an SDS response carries.
+fn static_secrets(secrets: Vec<Value>) -> Value {
+    secrets
+        .into_iter()
+        .map(|mut s| {
+            if let Some(o) = s.as_object_mut() {
+                o.remove("@type");
+            }
+            s
+        })
+        .collect()
+}
+
 /// Replaces the SDS file atomically, as secret-rotation tooling does.
 fn write_sds(path: &Path, secrets: Vec<Value>) {
     let tmp = path.with_extension("tmp");
@@ -265,22 +278,11 @@ async fn static_secret_upstream_mtls() {
         ],
         vec![via_mtls, wrong_san, cluster("backend", &[upstream.port()])],
     );
-    let secrets = json!([
+    config["static_resources"]["secrets"] = static_secrets(vec![
         tls_secret("server", &server, &server_key),
         tls_secret("client", &client, &client_key),
         ca_secret("trust", &ca),
     ]);
-    let secrets: Vec<Value> = secrets
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            s.as_object_mut().unwrap().remove("@type");
-            s
-        })
-        .collect();
-    config["static_resources"]["secrets"] = json!(secrets);
     let proxy = Proxy::start(&config, &[front, back, wrong]).await;
 
     let resp = util::get(front, "/", &[]).await;
@@ -290,23 +292,6 @@ async fn static_secret_upstream_mtls() {
     assert_eq!(resp.status, 503, "an upstream with another SAN must be refused: {}", resp.text());
     assert!(proxy.stat("cluster.wrong_san.ssl.fail_verify_san").await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
     assert!(proxy.stat("cluster.via_mtls.ssl.handshake").await.unwrap_or(0) >= 1, "{:?}", proxy.stats().await);
-}
-
-/// istiod's `SdsSecretConfig` for the agent's SDS server (`pkg/model/authentication.go`).
-fn istio_sds(name: &str) -> Value {
-    json!({
-        "name": name,
-        "sds_config": {
-            "api_config_source": {
-                "api_type": "GRPC",
-                "set_node_on_first_message_only": true,
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]
-            },
-            "initial_fetch_timeout": "0s",
-            "resource_api_version": "V3"
-        }
-    })
 }
 
 fn write_cp_secrets(dir: &Path, secrets: Vec<Value>) {
@@ -335,10 +320,10 @@ async fn grpc_sds_as_istio_configures_it() {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": true,
             "common_tls_context": {
-                "tls_certificate_sds_secret_configs": [istio_sds("default")],
+                "tls_certificate_sds_secret_configs": [util::istio_sds("default")],
                 "combined_validation_context": {
                     "default_validation_context": {"match_subject_alt_names": [{"prefix": "spiffe://e2e.test/"}]},
-                    "validation_context_sds_secret_config": istio_sds("ROOTCA")
+                    "validation_context_sds_secret_config": util::istio_sds("ROOTCA")
                 }
             }
         }
@@ -538,14 +523,10 @@ async fn transport_socket_matches_choose_per_endpoint() {
         ],
         vec![svc, cluster("meshed", &[meshed.port()])],
     );
-    let strip = |mut v: Value| {
-        v.as_object_mut().unwrap().remove("@type");
-        v
-    };
-    config["static_resources"]["secrets"] = json!([
-        strip(tls_secret("server", &server, &server_key)),
-        strip(tls_secret("client", &client, &client_key)),
-        strip(ca_secret("trust", &ca)),
+    config["static_resources"]["secrets"] = static_secrets(vec![
+        tls_secret("server", &server, &server_key),
+        tls_secret("client", &client, &client_key),
+        ca_secret("trust", &ca),
     ]);
     let proxy = Proxy::start(&config, &[front, sidecar]).await;
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
@@ -660,12 +641,8 @@ async fn strict_mtls_refusals_are_counted() {
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
     }]);
     let mut config = bootstrap(admin, vec![inbound], vec![cluster("backend", &[upstream.port()])]);
-    let strip = |mut v: Value| {
-        v.as_object_mut().unwrap().remove("@type");
-        v
-    };
     config["static_resources"]["secrets"] =
-        json!([strip(tls_secret("server", &server, &server_key)), strip(ca_secret("trust", &ca))]);
+        static_secrets(vec![tls_secret("server", &server, &server_key), ca_secret("trust", &ca)]);
     let proxy = Proxy::start(&config, &[port]).await;
     let scope = format!("listener.127.0.0.1_{port}");
     let stat = |name: &str| {
@@ -793,14 +770,10 @@ async fn istio_alpn_selects_the_peer_http_chain() {
         ],
         vec![outbound, cluster("http_app", &[http_app.port()]), cluster("tcp_app", &[tcp_app.port()])],
     );
-    let strip = |mut v: Value| {
-        v.as_object_mut().unwrap().remove("@type");
-        v
-    };
-    config["static_resources"]["secrets"] = json!([
-        strip(tls_secret("server", &server, &server_key)),
-        strip(tls_secret("client", &client, &client_key)),
-        strip(ca_secret("trust", &ca)),
+    config["static_resources"]["secrets"] = static_secrets(vec![
+        tls_secret("server", &server, &server_key),
+        tls_secret("client", &client, &client_key),
+        ca_secret("trust", &ca),
     ]);
     let proxy = Proxy::start(&config, &[with_alpn, without_alpn, inbound]).await;
     let resp = util::get(with_alpn, "/", &[]).await;

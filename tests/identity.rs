@@ -29,28 +29,11 @@ use std::time::{Duration, Instant};
 use remora::identity::caclient::CaClient;
 use remora::identity::config::{KeyAlgorithm, Overrides};
 use remora::identity::{IdentityConfig, IdentityError};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::{free_port, Upstream};
 use util::{bootstrap, cluster, hcm, listener, route, vhost, Proxy};
 
 const TD: &str = "cluster.local";
-
-/// istiod's `SdsSecretConfig` for the agent's SDS server.
-fn istio_sds(name: &str) -> Value {
-    json!({
-        "name": name,
-        "sds_config": {
-            "api_config_source": {
-                "api_type": "GRPC",
-                "set_node_on_first_message_only": true,
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]
-            },
-            "initial_fetch_timeout": "0s",
-            "resource_api_version": "V3"
-        }
-    })
-}
 
 fn ca_args(cp: &xds_common::ControlPlane, token: &Path, sa: &str, ttl: &str) -> Vec<String> {
     [
@@ -115,10 +98,10 @@ async fn backend(m: &Mesh, app: &Upstream, ttl: &str) -> (Proxy, u16) {
             "require_client_certificate": true,
             "common_tls_context": {
                 "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificate_sds_secret_configs": [istio_sds("default")],
+                "tls_certificate_sds_secret_configs": [util::istio_sds("default")],
                 "combined_validation_context": {
                     "default_validation_context": {"match_subject_alt_names": [{"prefix": format!("spiffe://{TD}/")}]},
-                    "validation_context_sds_secret_config": istio_sds("ROOTCA")
+                    "validation_context_sds_secret_config": util::istio_sds("ROOTCA")
                 }
             }
         }
@@ -151,10 +134,10 @@ async fn frontend(m: &Mesh, backend_port: u16) -> (Proxy, u16, u16) {
                 "sni": "outbound_.80_._.backend.default.svc.cluster.local",
                 "common_tls_context": {
                     "alpn_protocols": ["istio-peer-exchange", "istio"],
-                    "tls_certificate_sds_secret_configs": [istio_sds("default")],
+                    "tls_certificate_sds_secret_configs": [util::istio_sds("default")],
                     "combined_validation_context": {
                         "default_validation_context": {"match_subject_alt_names": [{"exact": san}]},
-                        "validation_context_sds_secret_config": istio_sds("ROOTCA")
+                        "validation_context_sds_secret_config": util::istio_sds("ROOTCA")
                     }
                 }
             }

@@ -100,12 +100,7 @@ impl CertificateAuthority {
     }
 
     fn caller<T>(&self, req: &Request<T>, csr: &rcgen::CertificateSigningRequestParams) -> Result<Identity, Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let token = bearer_token(req.metadata());
         match &self.tokens {
             Some(tokens) => {
                 let token =
@@ -181,6 +176,11 @@ impl IstioCertificateService for CertificateAuthority {
         let leaf = if leaf.ends_with('\n') { leaf } else { format!("{leaf}\n") };
         Ok(Response::new(IstioCertificateResponse { cert_chain: vec![leaf, self.root_pem.clone()] }))
     }
+}
+
+/// The `authorization: Bearer <token>` of a call.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
 }
 
 /// `token: spiffe://td/ns/NS/sa/SA` (or `token: NS/SA`) per line; `#` comments.

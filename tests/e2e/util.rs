@@ -95,6 +95,23 @@ pub fn http_listener(name: &str, port: u16, stat_prefix: &str, virtual_hosts: Va
     listener(name, port, hcm(stat_prefix, virtual_hosts, json!({})), None)
 }
 
+/// istiod's `SdsSecretConfig` for the agent's SDS server (`sds-grpc`: `default`, `ROOTCA`).
+pub fn istio_sds(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "set_node_on_first_message_only": true,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]
+            },
+            "initial_fetch_timeout": "0s",
+            "resource_api_version": "V3"
+        }
+    })
+}
+
 /// A virtual host matching every domain.
 pub fn vhost(routes: Value) -> Value {
     json!([{"name": "all", "domains": ["*"], "routes": routes}])

@@ -180,13 +180,7 @@ pub async fn serve(
     let tokens = ca.as_ref().and_then(|c| c.tokens());
     let authenticate = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
         let Some(tokens) = &tokens else { return Ok(req) };
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match token {
+        match super::ca::bearer_token(req.metadata()) {
             Some(t) if tokens.contains_key(t) => Ok(req),
             _ => Err(Status::unauthenticated("authentication failure: missing or unknown bearer token")),
         }
