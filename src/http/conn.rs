@@ -20,7 +20,12 @@ use crate::telemetry::stats::{Counter, Gauge, GaugeGuard, Store};
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The connection's destination: the original one when the listener restored it
+    /// (`use_original_dst`), else the listener's own address.
     pub local: SocketAddr,
+    /// `local` was restored from SO_ORIGINAL_DST (Envoy's `localAddressRestored()`): only then is
+    /// it where an ORIGINAL_DST cluster sends the traffic; otherwise it is the listener itself.
+    pub local_restored: bool,
     pub tls: bool,
     pub sni: Option<String>,
     /// The client's certificates, on mTLS connections.
@@ -40,6 +45,7 @@ pub struct HcmStats {
     pub rq_direct_response: Arc<Counter>,
     pub rq_redirect: Arc<Counter>,
     pub rq_timeout: Arc<Counter>,
+    pub rq_max_duration_reached: Arc<Counter>,
     pub cx_upgrades_total: Arc<Counter>,
 }
 
@@ -63,6 +69,7 @@ impl HcmStats {
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
             rq_timeout: c("downstream_rq_timeout"),
+            rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             cx_upgrades_total: c("downstream_cx_upgrades_total"),
         }
     }

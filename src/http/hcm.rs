@@ -3,21 +3,21 @@
 //! redirects, the HTTP filter chain, and response header handling (`server`, header mutations).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use super::body::{empty, ResponseBody};
+use super::body::{boxed, empty, ResponseBody};
 use super::conn::{ConnInfo, HcmRuntime};
 use super::local_reply;
 use super::router;
 use crate::model::format::FormatContext;
 use crate::model::hcm::{HttpFilter, RouteSource, ServerHeader};
 use crate::model::route::{
-    is_grpc, RedirectAction, RedirectPath, RequestView, Route, RouteAction, RouteTable, VirtualHost,
+    is_grpc, RedirectAction, RedirectPath, RequestView, Route, RouteAction, RouteTable, StreamDuration, VirtualHost,
 };
 use crate::state::ProxyState;
 use crate::telemetry::stats::GaugeGuard;
@@ -302,10 +302,99 @@ async fn route_and_forward(
             resp
         }
         RouteAction::Forward(action) => {
-            router::forward(req, router::Selected { cluster: "", route, action, vh, table: &table }, hcm, meta, state)
-                .await
+            let mut req = req;
+            let limit =
+                action.stream_duration.as_ref().and_then(|sd| stream_duration_limit(sd, req.headers_mut(), meta.grpc));
+            let sel = router::Selected { cluster: "", route, action, vh, table: &table };
+            let forward = router::forward(req, sel, hcm, meta, state);
+            let Some(limit) = limit else { return forward.await };
+            // Envoy's max_stream_duration timer runs from the stream's start; the response body
+            // is bounded by the same deadline.
+            let deadline = meta.start + limit;
+            match tokio::time::timeout_at(deadline.into(), forward).await {
+                Ok(resp) => resp.map(|b| boxed(super::idle::DeadlineBody::new(b, deadline))),
+                Err(_) => {
+                    hcm.stats.rq_max_duration_reached.inc();
+                    // Envoy answers 408 instead when the request body is still arriving; Remora
+                    // does not track that here.
+                    let mut r =
+                        local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "downstream duration timeout", meta.grpc);
+                    if meta.grpc {
+                        r.headers_mut().insert("grpc-status", HeaderValue::from(GRPC_DEADLINE_EXCEEDED));
+                    }
+                    r
+                }
+            }
         }
     }
+}
+
+const GRPC_DEADLINE_EXCEEDED: u16 = 4;
+static GRPC_TIMEOUT: header::HeaderName = header::HeaderName::from_static("grpc-timeout");
+
+/// How long the stream may last under a route's `max_stream_duration` (Envoy's
+/// `ActiveStream::refreshDurationTimeout`), counted from the stream's start; `None`: no limit.
+/// A `grpc-timeout` header bounds it instead when the route sets `grpc_timeout_header_max`; a gRPC
+/// request then carries the bound upstream in its `grpc-timeout`.
+fn stream_duration_limit(sd: &StreamDuration, headers: &mut HeaderMap, grpc: bool) -> Option<Duration> {
+    let grpc_timeout = headers.get(&GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    let limit = match (grpc_timeout, sd.grpc_header_max) {
+        (Some(mut t), Some(max)) => {
+            if !max.is_zero() && t > max {
+                t = max;
+            }
+            if let Some(offset) = sd.grpc_header_offset.filter(|_| !t.is_zero()) {
+                t = t.saturating_sub(offset);
+            }
+            t
+        }
+        // Explicitly 0: no limit. Unset: the HCM's own max_stream_duration, which Remora does
+        // not model (Istio does not set it).
+        _ => sd.max.filter(|d| !d.is_zero())?,
+    };
+    if grpc {
+        if let Ok(v) = HeaderValue::from_str(&grpc_timeout_value(limit)) {
+            headers.insert(GRPC_TIMEOUT.clone(), v);
+        }
+    }
+    Some(limit)
+}
+
+/// gRPC's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n); sub-millisecond values
+/// round up to whole milliseconds, as Envoy's `Grpc::Common::getGrpcTimeout` does.
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_millis(n.div_ceil(1_000)),
+        "n" => Duration::from_millis(n.div_ceil(1_000_000)),
+        _ => return None,
+    };
+    Some(d)
+}
+
+/// Envoy's `Grpc::Common::toGrpcTimeout`: milliseconds, scaled to a coarser unit when the value
+/// needs more than 8 digits.
+fn grpc_timeout_value(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let mut t = d.as_millis();
+    for (unit, next_divisor) in [("m", 1000), ("S", 60), ("M", 60)] {
+        if t <= MAX {
+            return format!("{t}{unit}");
+        }
+        t /= next_divisor;
+    }
+    format!("{}H", t.min(MAX))
 }
 
 /// The route-configuration levels whose header mutations apply, most specific first.
@@ -460,4 +549,58 @@ pub fn rewrite_prefix(path: &str, cut: usize, replacement: &str) -> String {
 /// The size of a header block as Envoy counts it against `max_request_headers_kb`.
 fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_grpc_timeout("1500u"), Some(Duration::from_millis(2)));
+        assert_eq!(parse_grpc_timeout("1n"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout_value(Duration::from_millis(500)), "500m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(6_000_000_000)), "1666666H");
+    }
+
+    #[test]
+    fn stream_duration_limits() {
+        let sd = |max: Option<u64>, grpc_max: Option<u64>, offset: Option<u64>| StreamDuration {
+            max: max.map(Duration::from_millis),
+            grpc_header_max: grpc_max.map(Duration::from_millis),
+            grpc_header_offset: offset.map(Duration::from_millis),
+        };
+        let limit = |s: &StreamDuration, grpc_timeout: Option<&str>, grpc: bool| {
+            let mut h = HeaderMap::new();
+            if let Some(t) = grpc_timeout {
+                h.insert("grpc-timeout", HeaderValue::from_str(t).unwrap());
+            }
+            let l = stream_duration_limit(s, &mut h, grpc);
+            (l.map(|d| d.as_millis() as u64), h.get("grpc-timeout").map(|v| v.to_str().unwrap().to_string()))
+        };
+        // istiod's default route: no limit for plain requests, the gRPC deadline for gRPC ones
+        let istio_default = sd(Some(0), Some(0), None);
+        assert_eq!(limit(&istio_default, None, false), (None, None));
+        assert_eq!(limit(&istio_default, Some("2S"), true), (Some(2000), Some("2000m".into())));
+        // a VirtualService timeout of 500 ms: caps the gRPC deadline too
+        let vs = sd(Some(500), Some(500), None);
+        assert_eq!(limit(&vs, None, false), (Some(500), None));
+        assert_eq!(limit(&vs, Some("10S"), true), (Some(500), Some("500m".into())));
+        assert_eq!(limit(&vs, Some("100m"), true), (Some(100), Some("100m".into())));
+        assert_eq!(limit(&vs, None, true), (Some(500), Some("500m".into())));
+        // without grpc_timeout_header_max the header is not consulted
+        assert_eq!(limit(&sd(Some(500), None, None), Some("100m"), false), (Some(500), Some("100m".into())));
+        // the offset comes off the header's bound
+        assert_eq!(limit(&sd(None, Some(0), Some(50)), Some("100m"), true), (Some(50), Some("50m".into())));
+        assert_eq!(limit(&sd(None, Some(0), Some(500)), Some("100m"), true), (Some(0), Some("0m".into())));
+        // unset everywhere: no limit
+        assert_eq!(limit(&sd(None, None, None), Some("100m"), true), (None, Some("100m".into())));
+    }
 }

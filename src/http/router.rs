@@ -86,7 +86,12 @@ pub async fn forward(
     let sel = Selected { cluster: cluster_name, ..sel };
     let Some(cluster) = state.clusters.get(cluster_name) else {
         hcm.stats.no_cluster.inc();
-        return local_reply::reply(action.cluster_not_found_code, "", meta.grpc);
+        // Envoy's router answers through its `modify_headers`: the route's response headers apply.
+        let mut r = local_reply::reply(action.cluster_not_found_code, "", meta.grpc);
+        let levels = RouteLevels { route: sel.route, vh: sel.vh, table: sel.table, weighted };
+        let upstream = Upstream { cluster: cluster_name, address: None };
+        apply_response_mutations(&mut r, req.headers(), meta, &levels, Some(upstream));
+        return r;
     };
     if is_websocket_upgrade(req.headers()) {
         if !action.websocket.unwrap_or(hcm.config.websocket) {
@@ -678,5 +683,7 @@ fn original_destination(cluster: &ClusterState, headers: &http::HeaderMap, meta:
             return Some(addr);
         }
     }
-    Some(meta.conn.local)
+    // Envoy uses the downstream local address only when the listener restored it; a listener
+    // bound directly would otherwise send the request back to itself.
+    meta.conn.local_restored.then_some(meta.conn.local)
 }

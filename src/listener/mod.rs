@@ -141,7 +141,8 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
         Ok(a) => a,
         Err(_) => return,
     };
-    let destination = if rt.config.use_original_dst { original_dst::get(&stream).unwrap_or(local) } else { local };
+    let restored = if rt.config.use_original_dst { original_dst::get(&stream) } else { None };
+    let destination = restored.unwrap_or(local);
     let inspected = if rt.config.tls_inspector || rt.config.http_inspector {
         inspect(&stream, rt.config.http_inspector, rt.config.listener_filters_timeout).await
     } else {
@@ -164,8 +165,14 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
         rt.stats.no_filter_chain_match.inc();
         return;
     };
-    let mut conn =
-        ConnInfo { remote, local: destination, tls: chain.tls.is_some(), sni: inspected.sni.clone(), peer: None };
+    let mut conn = ConnInfo {
+        remote,
+        local: destination,
+        local_restored: restored.is_some(),
+        tls: chain.tls.is_some(),
+        sni: inspected.sni.clone(),
+        peer: None,
+    };
     match &chain.tls {
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls) => {

@@ -134,13 +134,28 @@ pub struct ForwardAction {
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
-    /// `None`: no timeout (Envoy's `timeout: 0s`).
+    /// `None`: no timeout (Envoy's `timeout: 0s`, or a route with `max_stream_duration`).
     pub timeout: Option<Duration>,
+    /// The route's `max_stream_duration` (Envoy's "new timeouts", which istiod always uses): when
+    /// set, the router has no timeout of its own and the connection manager bounds the stream.
+    pub stream_duration: Option<StreamDuration>,
     pub idle_timeout: Option<Duration>,
     pub retry_policy: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
     pub websocket: Option<bool>,
     pub append_x_forwarded_host: bool,
+}
+
+/// `RouteAction.max_stream_duration`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamDuration {
+    /// `max_stream_duration`: `None` unset, `Some(0)` no limit.
+    pub max: Option<Duration>,
+    /// `grpc_timeout_header_max`: when set, a gRPC request's `grpc-timeout` bounds the stream
+    /// instead, capped by this value (0: uncapped).
+    pub grpc_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`: subtracted from the `grpc-timeout` bound.
+    pub grpc_header_offset: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -876,9 +891,24 @@ impl ForwardAction {
             Some(_) => return Err(FieldError::new("host_rewrite_path_regex", "this host rewrite is not supported")),
         };
         // Envoy's default route timeout is 15 s; an explicit 0 disables it.
-        let timeout = match &a.timeout {
+        let mut timeout = match &a.timeout {
             None => Some(Duration::from_secs(15)),
             Some(d) => Some(duration(d).map_err(|e| e.within("timeout"))?).filter(|d| !d.is_zero()),
+        };
+        let stream_duration = match &a.max_stream_duration {
+            Some(m) => {
+                let field = |d: &Option<envoy_types::pb::google::protobuf::Duration>, name: &str| {
+                    d.as_ref().map(duration).transpose().map_err(|e| e.within(&format!("max_stream_duration.{name}")))
+                };
+                // `usingNewTimeouts()`: the router ignores `timeout` (FilterUtility::finalTimeout).
+                timeout = None;
+                Some(StreamDuration {
+                    max: field(&m.max_stream_duration, "max_stream_duration")?,
+                    grpc_header_max: field(&m.grpc_timeout_header_max, "grpc_timeout_header_max")?,
+                    grpc_header_offset: field(&m.grpc_timeout_header_offset, "grpc_timeout_header_offset")?,
+                })
+            }
+            None => None,
         };
         let idle_timeout = a
             .idle_timeout
@@ -924,6 +954,7 @@ impl ForwardAction {
             regex_rewrite,
             host_rewrite,
             timeout,
+            stream_duration,
             idle_timeout,
             retry_policy,
             hash_policy,

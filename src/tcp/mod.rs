@@ -57,8 +57,8 @@ where
     };
     let mut upstream = None;
     for _ in 0..rt.config.max_connect_attempts {
-        let Some(host) = cluster.choose_host(&LbContext { original_dst: Some(conn.local), ..Default::default() })
-        else {
+        let original_dst = conn.local_restored.then_some(conn.local);
+        let Some(host) = cluster.choose_host(&LbContext { original_dst, ..Default::default() }) else {
             cluster.stats.cx_none_healthy.inc();
             return;
         };

@@ -17,7 +17,7 @@ use super::clusters::{cluster_name, cluster_policy, find_dr, hash_policy, DrRef}
 use super::registry::{protocol, resolve_host, Registry, Service};
 use super::types::{
     envoy_duration, parse_duration, Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute,
-    Percent, StringMatch, VirtualServiceSpec,
+    HttpRouteDestination, Percent, StringMatch, VirtualServiceSpec,
 };
 use super::{Generated, Options};
 use crate::control_plane::resource::Kind;
@@ -278,8 +278,10 @@ impl Ctx<'_, '_> {
         if let Some(h) = &http.headers {
             add_headers(&mut r, h);
         }
-        // A single destination's headers go on the route (several: on each weighted cluster).
-        if let [only] = http.route.as_slice() {
+        // A single destination's headers go on the route (several: on each weighted cluster), as
+        // do those of the only destination left once zero weights are dropped (istiod's
+        // "rewrite to a single cluster").
+        if let [only] = live_destinations(http).as_slice() {
             if let Some(h) = &only.headers {
                 add_headers(&mut r, h);
             }
@@ -327,11 +329,7 @@ impl Ctx<'_, '_> {
             .map(envoy_duration)
             .unwrap_or_else(|| "0s".into());
         let mut a = Map::new();
-        let live: Vec<_> = if http.route.len() == 1 {
-            http.route.iter().collect()
-        } else {
-            http.route.iter().filter(|d| d.weight.unwrap_or(0) > 0).collect()
-        };
+        let live = live_destinations(http);
         if live.len() == 1 {
             let (cluster, host, port, subset) = self.dest_cluster(&live[0].destination);
             a.insert("cluster".into(), json!(cluster));
@@ -393,6 +391,16 @@ impl Ctx<'_, '_> {
             );
         }
         Value::Object(a)
+    }
+}
+
+/// The destinations that get traffic: a lone destination whatever its weight, else those with a
+/// weight (istiod drops zero-weight destinations when there are several).
+fn live_destinations(http: &HttpRoute) -> Vec<&HttpRouteDestination> {
+    if http.route.len() == 1 {
+        http.route.iter().collect()
+    } else {
+        http.route.iter().filter(|d| d.weight.unwrap_or(0) > 0).collect()
     }
 }
 
