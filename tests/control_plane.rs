@@ -1,6 +1,8 @@
 //! `remora control-plane` end to end, with real processes: the control plane serving a temp
-//! config directory, real Envoy 1.40 as the xDS client (Remora's own client does not exist yet),
-//! real HTTP upstreams on loopback.
+//! config directory, real Envoy 1.40 (and, for the istiod dumps, Remora) as the xDS client, real
+//! HTTP upstreams on loopback. The launchers and HTTP helpers are the shared ones in
+//! `tests/xds/common.rs`; Envoy and Remora routing the same files the same way is
+//! `tests/control_plane_parity.rs`.
 //!
 //! * `istio_canary_sotw` / `istio_canary_delta`: ServiceEntry + DestinationRule + VirtualService
 //!   100/0 → everything reaches v1; the file is edited to 50/50 → Envoy takes a new RDS version
@@ -24,17 +26,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::{envoy_binary, free_port, wait_for_port, TempDir, Upstream};
-use xds_common::{ControlPlane, Envoy};
+use xds_common::{get, http_client, read, upstream_of, write_atomic, ControlPlane, Envoy, HttpClient};
 
 fn any_port() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -47,45 +44,16 @@ const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguratio
 const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 // ---------------------------------------------------------------------------------------------
-// processes
-// ---------------------------------------------------------------------------------------------
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn get(client: &HttpClient, port: u16, host: &str, path: &str) -> Result<(u16, String), String> {
-    let req = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
 
 /// Sends `n` requests for `host` through the listener on `port`; counts the upstream names.
 async fn split(client: &HttpClient, port: u16, host: &str, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for i in 0..n {
-        let (status, body) = get(client, port, host, "/").await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let (status, body) = get(client, port, host, "/", &[]).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(status, 200, "request {i}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("request {i}: {e}: {body}"));
-        *counts.entry(v["upstream"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+        *counts.entry(upstream_of(&body)).or_insert(0) += 1;
     }
     counts
 }
@@ -93,13 +61,6 @@ async fn split(client: &HttpClient, port: u16, host: &str, n: usize) -> BTreeMap
 // ---------------------------------------------------------------------------------------------
 // files
 // ---------------------------------------------------------------------------------------------
-
-/// Replaces a file atomically (write a hidden temp file, rename), as editors and kubelet do.
-fn write_atomic(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write temp file");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename into place");
-}
 
 fn service_entry(v1: u16, v2: u16) -> String {
     format!(
@@ -598,13 +559,13 @@ async fn istiod_dumps_are_served() {
         }
         // The update stats count a response when it is accepted; the dump follows once it is
         // published, so wait for the last wanted listener to show.
-        let mut dump = remora_admin_get(remora.admin, "/config_dump").await;
+        let mut dump = remora.admin_get("/config_dump").await.1;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while want.get(LISTENER).into_iter().flatten().any(|n| !dump.contains(&format!("\"name\": \"{n}\"")))
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            dump = remora_admin_get(remora.admin, "/config_dump").await;
+            dump = remora.admin_get("/config_dump").await.1;
         }
         for name in want.get(LISTENER).into_iter().flatten() {
             assert!(dump.contains(&format!("\"name\": \"{name}\"")), "{api_type}: Remora lacks listener {name}");
@@ -681,11 +642,4 @@ async fn istiod_dumps_are_served() {
             assert!(dump.contains(&format!("\"name\": \"{name}\"")), "{api_type}: Envoy lacks listener {name}");
         }
     }
-}
-
-async fn remora_admin_get(port: u16, path: &str) -> String {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let resp = http_client().get(url.parse().expect("admin url")).await.expect("admin request");
-    let body = resp.into_body().collect().await.expect("admin body").to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
 }

@@ -211,7 +211,21 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
-    let mut b = hyper::Request::get(format!("http://127.0.0.1:{port}{path}")).header("host", host);
+    send(client, "GET", port, host, path, headers).await.map(|(status, _, body)| (status, body))
+}
+
+/// Sends a bodiless `method` request to 127.0.0.1:`port` (h1) with `host` and `headers`; returns
+/// status, response headers and body.
+pub async fn send(
+    client: &HttpClient,
+    method: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, hyper::HeaderMap, String), String> {
+    let mut b =
+        hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}")).header("host", host);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -221,8 +235,9 @@ pub async fn get(
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let resp_headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, resp_headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Which upstream answered (the test upstream echoes its name as `upstream`).
