@@ -239,55 +239,31 @@ spec:
 /// Plain Envoy resources beside the Istio ones: a listener on its own port whose routes reach the
 /// translated subset clusters as well as a plain EDS cluster.
 fn plain_resources(port: u16, backend: u16) -> String {
-    format!(
-        r#""@type": type.googleapis.com/envoy.config.listener.v3.Listener
-name: plain
-address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: plain
-      rds:
-        route_config_name: plain_route
-        config_source: {{ads: {{}}, resource_api_version: V3}}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
----
-"@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+    let routes = r#""@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
 name: plain_route
-response_headers_to_add: [{{header: {{key: x-plain, value: "1"}}}}]
+response_headers_to_add: [{header: {key: x-plain, value: "1"}}]
 virtual_hosts:
 - name: plain
   domains: ["*"]
   request_headers_to_add:
-  - {{header: {{key: x-vhost, value: plain}}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}}
+  - {header: {key: x-vhost, value: plain}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}
   routes:
-  - match: {{path_separated_prefix: /api}}
+  - match: {path_separated_prefix: /api}
     route:
       cluster: "outbound|9080|v2|reviews.default.svc.cluster.local"
-      regex_rewrite: {{pattern: {{regex: "^/api/(.*)$"}}, substitution: "/v2/\\1"}}
-  - match: {{prefix: /, headers: [{{name: x-cluster, present_match: true}}]}}
-    route: {{cluster_header: x-cluster}}
-  - match: {{prefix: /}}
-    route: {{cluster: plain_backend}}
----
-"@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
-name: plain_backend
-type: EDS
-connect_timeout: 1s
-eds_cluster_config:
-  eds_config: {{ads: {{}}, resource_api_version: V3}}
----
-"@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
-cluster_name: plain_backend
-endpoints:
-- lb_endpoints:
-  - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
-"#
-    )
+      regex_rewrite: {pattern: {regex: "^/api/(.*)$"}, substitution: "/v2/\\1"}
+  - match: {prefix: /, headers: [{name: x-cluster, present_match: true}]}
+    route: {cluster_header: x-cluster}
+  - match: {prefix: /}
+    route: {cluster: plain_backend}
+"#;
+    [
+        xds_common::rds_listener("plain", port, "plain_route"),
+        routes.to_string(),
+        xds_common::eds_cluster("plain_backend", "1s"),
+        xds_common::endpoints("plain_backend", &[backend]),
+    ]
+    .join("---\n")
 }
 
 // ---------------------------------------------------------------------------------------------

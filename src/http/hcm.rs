@@ -312,7 +312,7 @@ async fn route_and_forward(
             // is bounded by the same deadline.
             let deadline = meta.start + limit;
             match tokio::time::timeout_at(deadline.into(), forward).await {
-                Ok(resp) => resp.map(|b| boxed(super::idle::DeadlineBody::new(b, deadline))),
+                Ok(resp) => resp.map(|b| boxed(super::idle::TimedBody::deadline(b, deadline))),
                 Err(_) => {
                     hcm.stats.rq_max_duration_reached.inc();
                     // Envoy answers 408 instead when the request body is still arriving; Remora

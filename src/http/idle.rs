@@ -25,57 +25,6 @@ impl std::fmt::Display for StreamIdleTimeout {
 
 impl std::error::Error for StreamIdleTimeout {}
 
-pin_project_lite::pin_project! {
-    pub struct IdleTimeoutBody<B> {
-        #[pin]
-        inner: B,
-        timeout: Duration,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    }
-}
-
-impl<B> IdleTimeoutBody<B> {
-    pub fn new(inner: B, timeout: Duration) -> Self {
-        IdleTimeoutBody { inner, timeout, timer: None }
-    }
-}
-
-impl<B> Body for IdleTimeoutBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => {
-                // Progress: the next wait starts a fresh idle period.
-                *this.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = *this.timeout;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdleTimeout)))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The stream outlived the route's `max_stream_duration` while its response body was streaming.
 #[derive(Debug)]
 pub struct StreamDurationReached;
@@ -88,25 +37,39 @@ impl std::fmt::Display for StreamDurationReached {
 
 impl std::error::Error for StreamDurationReached {}
 
+/// What a [`TimedBody`] times.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// No progress for this long (each frame starts a new period): `StreamIdleTimeout`.
+    Idle(std::time::Duration),
+    /// This instant passes, whatever the progress: `StreamDurationReached`.
+    Deadline(tokio::time::Instant),
+}
+
 pin_project_lite::pin_project! {
-    /// A body that fails (resetting the stream) once `deadline` passes, as Envoy resets a stream
-    /// whose max duration is reached after the response started. The timer is only armed when
-    /// the body waits.
-    pub struct DeadlineBody<B> {
+    /// A body that fails (resetting the stream) when its limit is hit. The timer is only armed
+    /// when the body waits.
+    pub struct TimedBody<B> {
         #[pin]
         inner: B,
-        deadline: tokio::time::Instant,
+        limit: Limit,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
-impl<B> DeadlineBody<B> {
-    pub fn new(inner: B, deadline: std::time::Instant) -> Self {
-        DeadlineBody { inner, deadline: deadline.into(), timer: None }
+impl<B> TimedBody<B> {
+    /// `stream_idle_timeout`: reset after `timeout` without progress.
+    pub fn idle(inner: B, timeout: Duration) -> Self {
+        TimedBody { inner, limit: Limit::Idle(timeout), timer: None }
+    }
+
+    /// `max_stream_duration` reached after the response started: reset at `deadline`.
+    pub fn deadline(inner: B, deadline: std::time::Instant) -> Self {
+        TimedBody { inner, limit: Limit::Deadline(deadline.into()), timer: None }
     }
 }
 
-impl<B> Body for DeadlineBody<B>
+impl<B> Body for TimedBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -117,12 +80,26 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if let Limit::Idle(_) = this.limit {
+                    // Progress: the next wait starts a fresh idle period.
+                    *this.timer = None;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => {
-                let deadline = *this.deadline;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let limit = *this.limit;
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(match limit {
+                        Limit::Idle(timeout) => tokio::time::sleep(timeout),
+                        Limit::Deadline(at) => tokio::time::sleep_until(at),
+                    })
+                });
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamDurationReached)))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(match limit {
+                        Limit::Idle(_) => Box::new(StreamIdleTimeout) as BoxError,
+                        Limit::Deadline(_) => Box::new(StreamDurationReached),
+                    }))),
                     Poll::Pending => Poll::Pending,
                 }
             }

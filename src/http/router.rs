@@ -243,7 +243,7 @@ pub async fn forward(
         let body: ResponseBody = match (&replay, streaming.take()) {
             (Some(b), _) => super::body::full(b.clone()),
             (None, Some(s)) => match hcm.config.stream_idle_timeout {
-                Some(t) => boxed(super::idle::IdleTimeoutBody::new(s, t)),
+                Some(t) => boxed(super::idle::TimedBody::idle(s, t)),
                 None => boxed(s),
             },
             (None, None) => super::body::empty(),
@@ -330,7 +330,7 @@ pub async fn forward(
                 }
                 let body = GuardedBody { inner: rbody, _guards: Some((permit, host_guard, rq_active)) };
                 let body = match hcm.config.stream_idle_timeout {
-                    Some(t) => boxed(super::idle::IdleTimeoutBody::new(body, t)),
+                    Some(t) => boxed(super::idle::TimedBody::idle(body, t)),
                     None => boxed(body),
                 };
                 let mut out = Response::from_parts(rparts, body);
