@@ -89,6 +89,24 @@ pub(super) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The next response of the stream (`None` when the server closed it), re-evaluating warming and
+/// publishing whenever a fetch timeout falls due meanwhile.
+pub(super) async fn next_response<T>(
+    inbound: &mut tonic::Streaming<T>,
+    engine: &mut Engine,
+) -> Result<Option<T>, XdsError> {
+    loop {
+        let deadline = engine.next_deadline();
+        tokio::select! {
+            msg = inbound.message() => return Ok(msg?),
+            _ = sleep_until_opt(deadline) => {
+                engine.evaluate(tokio::time::Instant::now());
+                engine.publish().await;
+            }
+        }
+    }
+}
+
 /// A bounded request queue and the stream tonic sends from.
 pub(crate) fn request_channel<T: Send + 'static>() -> (mpsc::Sender<T>, impl Stream<Item = T> + Send + 'static) {
     let (tx, rx) = mpsc::channel::<T>(REQUEST_QUEUE);

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{error_detail, handle, request_channel, sleep_until_opt, with_metadata, MAX_MESSAGE_BYTES};
+use super::{error_detail, handle, next_response, request_channel, with_metadata, MAX_MESSAGE_BYTES};
 use crate::xds::resources::{Engine, Incoming, Update};
 use crate::xds::{Kind, XdsConfig, XdsError};
 
@@ -68,18 +68,7 @@ pub(super) async fn stream(channel: Channel, cfg: &XdsConfig, engine: &mut Engin
     let mut inbound = client.stream_aggregated_resources(with_metadata(outbound, cfg)?).await?.into_inner();
     engine.set_connected(true);
     loop {
-        let deadline = engine.next_deadline();
-        let resp: DiscoveryResponse = tokio::select! {
-            msg = inbound.message() => match msg? {
-                Some(r) => r,
-                None => return Ok(()),
-            },
-            _ = sleep_until_opt(deadline) => {
-                engine.evaluate(tokio::time::Instant::now());
-                engine.publish().await;
-                continue;
-            }
-        };
+        let Some(resp): Option<DiscoveryResponse> = next_response(&mut inbound, engine).await? else { return Ok(()) };
         let Some(kind) = Kind::from_type_url(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "response for a type the client does not handle");
             out.send(DiscoveryRequest {
