@@ -14,7 +14,6 @@
 //!   a CA answering with a one-element chain or non-PEM give their own typed errors.
 
 #[path = "e2e/pki.rs"]
-#[allow(dead_code)]
 mod pki;
 mod support;
 #[path = "e2e/util.rs"]

@@ -55,8 +55,15 @@ impl ListenerRuntime {
     /// material errors are reported before serving.
     pub fn build(config: Arc<Listener>, store: &Store) -> Result<Self, ConfigError> {
         let chain = |fc: &Arc<FilterChain>, path: String| -> Result<ChainRuntime, ConfigError> {
-            let tls = match fc.tls.as_ref().map(|t| crate::tls::server_config(t)) {
-                Some(Ok(cfg)) => Some(tls_accept::DownstreamTls::new(cfg)),
+            let tls = match fc.tls.as_ref().map(|t| crate::tls::server_config(t).map(|cfg| (t, cfg))) {
+                Some(Ok((t, cfg))) => Some(tls_accept::DownstreamTls::new(match &fc.metadata_exchange {
+                    Some(protocol) => {
+                        let mut cfg = (*cfg).clone();
+                        cfg.alpn_protocols = crate::tls::exchange_alpn(&t.common.alpn, protocol);
+                        Arc::new(cfg)
+                    }
+                    None => cfg,
+                })),
                 Some(Err(e)) => {
                     return Err(ConfigError::new(
                         "listener",
@@ -190,7 +197,16 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, rt: Arc<Listen
                 if let (Some(local), Some(certs)) = (&chain.config.tls, tls.get_ref().1.peer_certificates()) {
                     conn.peer = crate::tls::peer::TlsPeer::new(certs.to_vec(), local.clone());
                 }
-                dispatch(tls, chain, conn, state).await
+                match &chain.config.metadata_exchange {
+                    Some(protocol) => {
+                        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        match state.metadata_exchange.start(tls, alpn.as_deref(), protocol).await {
+                            Ok(io) => dispatch(io, chain, conn, state).await,
+                            Err(e) => tracing::debug!(error = %e, "writing the metadata exchange frame failed"),
+                        }
+                    }
+                    None => dispatch(tls, chain, conn, state).await,
+                }
             }
             Err(e) => {
                 rt.stats.ssl.handshake_failed(&e);

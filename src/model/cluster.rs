@@ -29,6 +29,9 @@ pub struct Cluster {
     /// `filter_metadata.istio.alpn_override` is not `"false"`: `istio.alpn` may replace the
     /// ALPN of this cluster's TLS connections.
     pub alpn_override_allowed: bool,
+    /// Istio's metadata exchange cluster filter is on, for this ALPN protocol (TCP proxying only:
+    /// HTTP connections never carry the frame).
+    pub metadata_exchange: Option<String>,
     /// `transport_socket_matches`, in order; an endpoint matching none uses `tls`.
     pub socket_matches: Vec<SocketMatch>,
     pub dns_refresh_rate: Duration,
@@ -278,6 +281,7 @@ impl Cluster {
                 })
             })
             .collect::<FieldResult<Vec<_>>>()?;
+        let metadata_exchange = cluster_filters(&c.filters)?;
         if !c.health_checks.is_empty() {
             notes.warn(format!(
                 "cluster '{}': active health checks are not implemented; endpoints are treated as healthy",
@@ -315,6 +319,7 @@ impl Cluster {
                 .as_ref()
                 .and_then(|m| m.filter_metadata.get("istio"))
                 .is_some_and(|s| struct_fields(s).iter().any(|(k, v)| k == "alpn_override" && v == "false")),
+            metadata_exchange,
             socket_matches,
             dns_refresh_rate,
             dns_lookup_family,
@@ -583,5 +588,56 @@ fn endpoint_address(addr: &Address, discovery: &Discovery) -> FieldResult<Endpoi
         Some(address::Address::Pipe(p)) => Ok(EndpointAddress::Pipe(p.path.clone())),
         Some(_) => Err(FieldError::new("address", "only socket_address and pipe endpoints are supported")),
         None => Err(FieldError::new("address", "value is required")),
+    }
+}
+
+/// The cluster's upstream network filters. Istio's metadata exchange is the one Remora speaks; any
+/// other could rewrite the connection's bytes, so the cluster is rejected rather than sent
+/// traffic without it.
+fn cluster_filters(filters: &[pb::Filter]) -> FieldResult<Option<String>> {
+    let mut metadata_exchange = None;
+    for (i, f) in filters.iter().enumerate() {
+        let path = format!("filters[{i}]");
+        let Some(any) = &f.typed_config else {
+            return Err(FieldError::new(&path, format!("cluster filter '{}' has no typed_config", f.name)));
+        };
+        let type_name = super::decode::effective_type_name(any)
+            .map_err(|e| FieldError::new(format!("{path}.typed_config"), e.to_string()))?;
+        if type_name != super::metadata_exchange::TYPE_NAME {
+            return Err(FieldError::new(
+                format!("{path}.typed_config"),
+                format!("Didn't find a registered upstream network filter implementation for '{}' with type URL: '{type_name}'", f.name),
+            ));
+        }
+        metadata_exchange = Some(super::metadata_exchange::protocol(any, &path)?);
+    }
+    Ok(metadata_exchange)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_with_filters(filters: serde_json::Value) -> pb::Cluster {
+        let json = serde_json::json!({"name": "c", "type": "STATIC", "connect_timeout": "1s", "filters": filters});
+        crate::bootstrap::decode::from_json(&json, Default::default()).expect("cluster")
+    }
+
+    #[test]
+    fn metadata_exchange_is_the_only_cluster_filter() {
+        let mx = cluster_with_filters(serde_json::json!([{"name": "istio.metadata_exchange", "typed_config": {
+            "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange", "protocol": "istio-peer-exchange"}}]));
+        let c = Cluster::from_proto(&mx, &mut Notes::default()).expect("accepted");
+        assert_eq!(c.metadata_exchange.as_deref(), Some("istio-peer-exchange"));
+
+        let empty = cluster_with_filters(serde_json::json!([{"name": "istio.metadata_exchange", "typed_config": {
+            "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"}}]));
+        let e = Cluster::from_proto(&empty, &mut Notes::default()).expect_err("no protocol");
+        assert!(e.to_string().contains("filters[0].typed_config.protocol"), "{e}");
+
+        let other = cluster_with_filters(serde_json::json!([{"name": "x", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "x", "cluster": "y"}}]));
+        let e = Cluster::from_proto(&other, &mut Notes::default()).expect_err("rejected");
+        assert!(e.to_string().contains("upstream network filter"), "{e}");
     }
 }

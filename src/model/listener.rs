@@ -19,11 +19,9 @@ use super::tls::DownstreamTls;
 use super::{duration, unpack, Notes};
 
 /// Non-terminal network filters that can be skipped without changing any byte of a connection:
-/// Istio's TCP metadata exchange only speaks after ALPN `istio-peer-exchange` is negotiated, which
-/// Remora does not offer; istio_authn only records the peer identity for later policy filters;
-/// istio.stats on TCP only counts bytes and connections.
-const HARMLESS_NETWORK_FILTERS: [&str; 3] =
-    ["envoy.tcp.metadataexchange.config.MetadataExchange", "io.istio.network.authn.Config", "stats.PluginConfig"];
+/// istio_authn only records the peer identity for later policy filters; istio.stats on TCP only
+/// counts bytes and connections.
+const HARMLESS_NETWORK_FILTERS: [&str; 2] = ["io.istio.network.authn.Config", "stats.PluginConfig"];
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -51,6 +49,8 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatch,
     pub tls: Option<Arc<DownstreamTls>>,
+    /// Istio's metadata exchange filter is on the chain, for this ALPN protocol.
+    pub metadata_exchange: Option<String>,
     pub terminal: NetworkTerminal,
 }
 
@@ -284,9 +284,10 @@ impl FilterChain {
         if fc.filters.is_empty() {
             // Envoy accepts a chain without filters; its connections are simply closed.
             let terminal = NetworkTerminal::Unsupported("no network filters".into());
-            return Ok(FilterChain { name: fc.name.clone(), matcher, tls, terminal });
+            return Ok(FilterChain { name: fc.name.clone(), matcher, tls, metadata_exchange: None, terminal });
         }
         let mut terminal = None;
+        let mut metadata_exchange = None;
         for (i, f) in fc.filters.iter().enumerate() {
             use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
             let path = format!("filters[{i}]");
@@ -300,6 +301,10 @@ impl FilterChain {
                 .map_err(|e| FieldError::new(format!("{path}.typed_config"), e.to_string()))?;
             let is_last = i + 1 == fc.filters.len();
             if HARMLESS_NETWORK_FILTERS.contains(&type_name.as_str()) && !is_last {
+                continue;
+            }
+            if type_name == super::metadata_exchange::TYPE_NAME && !is_last {
+                metadata_exchange = Some(super::metadata_exchange::protocol(any, &path)?);
                 continue;
             }
             let this = match type_name.as_str() {
@@ -358,7 +363,7 @@ impl FilterChain {
             }
         }
         let terminal = terminal.ok_or_else(|| FieldError::new("filters", "no terminal network filter"))?;
-        Ok(FilterChain { name: fc.name.clone(), matcher, tls, terminal })
+        Ok(FilterChain { name: fc.name.clone(), matcher, tls, metadata_exchange, terminal })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod headers;
 pub mod istio_alpn;
 pub mod listener;
 pub mod matcher;
+pub mod metadata_exchange;
 pub mod retained;
 pub mod route;
 pub mod tls;

@@ -61,7 +61,8 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
     for note in &snapshot.notes {
         tracing::warn!("{note}");
     }
-    let state = ProxyState::new(opts.drain_time());
+    let node = snapshot.bootstrap.as_ref().and_then(|b| b.node.clone()).unwrap_or_default();
+    let state = ProxyState::new(opts.drain_time(), &node);
     state.set_server_state(ServerState::Initializing);
     let admin_addr = snapshot.admin_address;
     let xds = match &snapshot.bootstrap {
@@ -71,7 +72,6 @@ pub async fn run(opts: &Options) -> Result<(), ServerError> {
         }),
         None => None,
     };
-    let node = snapshot.bootstrap.as_ref().and_then(|b| b.node.clone()).unwrap_or_default();
     crate::secrets::store().start_grpc_sources(snapshot.clusters.clone(), node);
     state.apply(snapshot).await;
     let base = state.snapshot();

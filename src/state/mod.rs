@@ -38,6 +38,8 @@ pub struct ProxyState {
     dynamic: ArcSwap<DynamicConfig>,
     pub clusters: ClusterManager,
     pub stats: Store,
+    /// This proxy's side of Istio's TCP metadata exchange (its frame is the bootstrap node's).
+    pub metadata_exchange: Arc<crate::tcp::metadata_exchange::LocalExchange>,
     /// Downstream connections open on every listener (for drain completion).
     pub connections: Arc<crate::telemetry::stats::Gauge>,
     server_state: AtomicU8,
@@ -51,14 +53,16 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(drain_time: Duration) -> Arc<Self> {
+    pub fn new(drain_time: Duration, node: &envoy_types::pb::envoy::config::core::v3::Node) -> Arc<Self> {
+        let stats = Store::default();
         Arc::new(ProxyState {
+            metadata_exchange: Arc::new(crate::tcp::metadata_exchange::LocalExchange::new(node, &stats)),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             routes: ArcSwap::from_pointee(HashMap::new()),
             dynamic: ArcSwap::from_pointee(DynamicConfig::default()),
             clusters: ClusterManager::default(),
             connections: Arc::default(),
-            stats: Store::default(),
+            stats,
             server_state: AtomicU8::new(ServerState::Initializing as u8),
             healthcheck_failed: AtomicBool::new(false),
             drain_time,

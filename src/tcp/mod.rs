@@ -3,6 +3,8 @@
 //!
 //! Owns: L4 forwarding. Must not parse application protocols.
 
+pub mod metadata_exchange;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +64,7 @@ where
             cluster.stats.cx_none_healthy.inc();
             return;
         };
-        match cluster.connector.connect(host.address, None, None).await {
+        match cluster.connector.connect_for_tcp_proxy(host.address).await {
             Ok(s) => {
                 upstream = Some((s, host));
                 break;
@@ -76,9 +78,24 @@ where
         rt.upstream_connect_fail.inc();
         return;
     };
-    let (mut upstream, _counted) = upstream.into_parts();
     let _host_guard = host.start_request();
-    if copy_with_idle_timeout(&mut downstream, &mut upstream, rt.config.idle_timeout).await {
+    let exchange = cluster.config().metadata_exchange.clone();
+    let negotiated = upstream.alpn().map(<[u8]>::to_vec);
+    let (upstream, _counted) = upstream.into_parts();
+    let idled = match exchange {
+        Some(protocol) => match state.metadata_exchange.start(upstream, negotiated.as_deref(), &protocol).await {
+            Ok(mut upstream) => copy_with_idle_timeout(&mut downstream, &mut upstream, rt.config.idle_timeout).await,
+            Err(e) => {
+                tracing::debug!(cluster = %cluster_name, error = %e, "writing the metadata exchange frame failed");
+                false
+            }
+        },
+        None => {
+            let mut upstream = upstream;
+            copy_with_idle_timeout(&mut downstream, &mut upstream, rt.config.idle_timeout).await
+        }
+    };
+    if idled {
         rt.idle_timeout.inc();
     }
 }

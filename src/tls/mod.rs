@@ -169,15 +169,26 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
-/// ALPN protocols as Remora offers or accepts them. `istio-peer-exchange` promises the peer an
-/// Istio metadata-exchange frame before any application byte; Remora does not write or read that
-/// frame yet, so it stands in with `istio` (what Istio peers also accept, without the frame): an
-/// Envoy client then negotiates `istio` and sends no frame, an Envoy server finds no common
-/// protocol and proceeds without one, and no unexpected bytes reach either application.
+/// ALPN protocols as Remora offers or accepts them where no metadata exchange filter is on the
+/// connection. `istio-peer-exchange` promises the peer an Istio metadata-exchange frame before any
+/// application byte, which only the exchange filter writes and reads (`tcp::metadata_exchange`), so
+/// elsewhere it stands in with `istio` (what Istio peers also accept, without the frame): an Envoy
+/// client then negotiates `istio` and sends no frame, an Envoy server finds no common protocol and
+/// proceeds without one, and no unexpected bytes reach either application.
 pub fn offered_alpn(protocols: &[String]) -> Vec<Vec<u8>> {
+    alpn_list(protocols, None)
+}
+
+/// The same protocols on a connection whose metadata exchange filter speaks `exchange`: that
+/// protocol is offered as it is.
+pub fn exchange_alpn(protocols: &[String], exchange: &str) -> Vec<Vec<u8>> {
+    alpn_list(protocols, Some(exchange))
+}
+
+fn alpn_list(protocols: &[String], exchange: Option<&str>) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(protocols.len());
     for p in protocols {
-        let p = if p == "istio-peer-exchange" { "istio" } else { p.as_str() };
+        let p = if p == "istio-peer-exchange" && exchange != Some(p) { "istio" } else { p.as_str() };
         if !out.iter().any(|o| o == p.as_bytes()) {
             out.push(p.as_bytes().to_vec());
         }

@@ -64,6 +64,9 @@ impl ConnectError {
 #[derive(Clone)]
 pub struct UpstreamTlsConfig {
     pub client: Arc<rustls::ClientConfig>,
+    /// For proxied TCP on a cluster with Istio's metadata exchange filter: the same config
+    /// offering the exchange protocol as it is (`client` stands `istio` in for it).
+    pub exchange_client: Option<Arc<rustls::ClientConfig>>,
     pub context: Arc<UpstreamTls>,
 }
 
@@ -76,7 +79,7 @@ impl UpstreamTlsConfig {
             .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
             .map(Arc::new);
         match client {
-            Ok(client) => UpstreamTlsConfig { client, context: Arc::new(context) },
+            Ok(client) => UpstreamTlsConfig { client, exchange_client: None, context: Arc::new(context) },
             // The ring provider supports the default versions; this arm cannot be reached.
             Err(_) => UpstreamTlsConfig {
                 client: Arc::new(
@@ -84,6 +87,7 @@ impl UpstreamTlsConfig {
                         .with_root_certificates(rustls::RootCertStore::empty())
                         .with_no_client_auth(),
                 ),
+                exchange_client: None,
                 context: Arc::new(context),
             },
         }
@@ -264,21 +268,37 @@ impl Connector {
         host: Option<&str>,
         alpn: Option<AlpnChoice<'_>>,
     ) -> Result<CountedStream, ConnectError> {
+        self.connect_with(addr, host, |t| match alpn {
+            // A per-connection copy: the override is per request protocol, the socket's config is
+            // shared (certificates, verifier and session cache come along).
+            Some(a) => {
+                let mut c = (*t.client).clone();
+                c.alpn_protocols = crate::tls::offered_alpn(a.protocols);
+                Arc::new(c)
+            }
+            None => t.client.clone(),
+        })
+        .await
+    }
+
+    /// A connection for the TCP proxy: where the cluster speaks Istio's metadata exchange, TLS
+    /// offers the exchange protocol.
+    pub async fn connect_for_tcp_proxy(&self, addr: SocketAddr) -> Result<CountedStream, ConnectError> {
+        self.connect_with(addr, None, |t| t.exchange_client.clone().unwrap_or_else(|| t.client.clone())).await
+    }
+
+    async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        host: Option<&str>,
+        client_config: impl FnOnce(&UpstreamTlsConfig) -> Arc<rustls::ClientConfig>,
+    ) -> Result<CountedStream, ConnectError> {
         let tcp = self.connect_tcp(addr).await?;
         let io = match self.sockets.for_address(addr) {
             None => UpstreamStream::Plain(tcp),
             Some(t) => {
                 let name = crate::tls::server_name(&t.context, host);
-                let client = match alpn {
-                    // A per-connection copy: the override is per request protocol, the socket's
-                    // config is shared (certificates, verifier and session cache come along).
-                    Some(a) => {
-                        let mut c = (*t.client).clone();
-                        c.alpn_protocols = crate::tls::offered_alpn(a.protocols);
-                        Arc::new(c)
-                    }
-                    None => t.client.clone(),
-                };
+                let client = client_config(t);
                 let connector = tokio_rustls::TlsConnector::from(client);
                 match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
                     Ok(Ok(s)) => {

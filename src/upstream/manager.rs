@@ -289,7 +289,17 @@ impl ClusterState {
                 ctx.common.alpn = vec!["h2".into()];
             }
             match crate::tls::client_config(&ctx) {
-                Ok(client) => Some(super::connector::UpstreamTlsConfig { client, context: Arc::new(ctx) }),
+                Ok(client) => {
+                    let exchange_client =
+                        config.metadata_exchange.as_deref().filter(|p| ctx.common.alpn.iter().any(|a| a == p)).map(
+                            |p| {
+                                let mut c = (*client).clone();
+                                c.alpn_protocols = crate::tls::exchange_alpn(&ctx.common.alpn, p);
+                                Arc::new(c)
+                            },
+                        );
+                    Some(super::connector::UpstreamTlsConfig { client, exchange_client, context: Arc::new(ctx) })
+                }
                 Err(e) => {
                     // Validated at load time; a failure here means the material changed on disk.
                     // The socket stays TLS-less only in name: connections fail (fail closed).
