@@ -224,3 +224,74 @@ async fn ssl_stats_are_scoped_to_the_listener() {
         stats.iter().filter(|(k, _)| k.contains("ssl.")).collect::<Vec<_>>()
     );
 }
+
+/// A TLS 1.2 client offering exactly `suites` and `groups`; the negotiated suite and group.
+async fn tls12_handshake(
+    port: u16,
+    pki: &Pki,
+    suites: &[rustls::SupportedCipherSuite],
+    groups: &[rustls::NamedGroup],
+) -> Result<(rustls::CipherSuite, Option<rustls::NamedGroup>), String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites.to_vec();
+    provider.kx_groups.retain(|g| groups.contains(&g.name()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca).expect("read CA") {
+        roots.add(c.expect("CA cert")).expect("add root");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(local(port)).await.map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tls.get_ref().1;
+    let suite = conn.negotiated_cipher_suite().ok_or("no suite")?.suite();
+    Ok((suite, conn.negotiated_key_exchange_group().map(|g| g.name())))
+}
+
+#[tokio::test]
+async fn tls_params_narrow_cipher_suites_and_curves() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let dir = support::TempDir::new("remora-e2e-ciphers").expect("pki dir");
+    let pki = make_pki(dir.path());
+    let upstream = Upstream::start("backend").await.expect("upstream");
+    let (admin, port) = (free_port(), free_port());
+    let mut ts = downstream_tls(&pki, false, None);
+    // istiod's shape: an equal-preference group, and suites BoringSSL knows that Remora does not
+    // implement (accepted, never offered).
+    ts["typed_config"]["common_tls_context"]["tls_params"] = json!({
+        "tls_minimum_protocol_version": "TLSv1_2",
+        "tls_maximum_protocol_version": "TLSv1_2",
+        "cipher_suites": ["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-RSA-AES128-GCM-SHA256]", "AES256-GCM-SHA384"],
+        "ecdh_curves": ["P-256"]
+    });
+    let routes = vhost(json!([route("/", "backend", json!({}))]));
+    let config = bootstrap(
+        admin,
+        vec![listener("narrow", port, hcm("narrow", routes, json!({})), Some(ts))],
+        vec![cluster("backend", &[upstream.port()])],
+    );
+    let _proxy = Proxy::start(&config, &[port]).await;
+
+    let all_groups = [rustls::NamedGroup::X25519, rustls::NamedGroup::secp256r1];
+    let ok = tls12_handshake(
+        port,
+        &pki,
+        &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+        &all_groups,
+    )
+    .await
+    .expect("a configured suite");
+    assert_eq!(ok, (rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, Some(rustls::NamedGroup::secp256r1)));
+    let refused = tls12_handshake(port, &pki, &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256], &all_groups).await;
+    assert!(refused.is_err(), "ChaCha20 is not in the list: {refused:?}");
+    let refused =
+        tls12_handshake(port, &pki, &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], &[rustls::NamedGroup::X25519])
+            .await;
+    assert!(refused.is_err(), "X25519 is not in the list: {refused:?}");
+}

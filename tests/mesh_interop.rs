@@ -122,6 +122,20 @@ fn tls_params() -> Value {
     })
 }
 
+/// The inbound side also carries istiod's cipher list (`ApplyToCommonTLSContext`).
+fn inbound_tls_params() -> Value {
+    let mut p = tls_params();
+    p["cipher_suites"] = json!([
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "AES128-GCM-SHA256"
+    ]);
+    p
+}
+
 fn upstream_tls(alpn: &[&str], sni: &str) -> Value {
     json!({
         "name": "envoy.transport_sockets.tls",
@@ -148,7 +162,7 @@ fn downstream_tls(alpn: &[&str]) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": true,
             "common_tls_context": {
-                "tls_params": tls_params(),
+                "tls_params": inbound_tls_params(),
                 "alpn_protocols": alpn,
                 "tls_certificate_sds_secret_configs": [istio_sds("default")],
                 "combined_validation_context": {

@@ -54,7 +54,40 @@ pub struct CommonTls {
     pub alpn: Vec<String>,
     pub min_version: Option<TlsVersion>,
     pub max_version: Option<TlsVersion>,
+    /// `tls_params.cipher_suites`, one BoringSSL name each (equal-preference groups flattened).
+    /// Empty: the defaults.
+    pub cipher_suites: Vec<String>,
+    /// `tls_params.ecdh_curves` (BoringSSL names). Empty: the defaults.
+    pub ecdh_curves: Vec<String>,
 }
+
+/// TLS 1.2 cipher suites BoringSSL (and so Envoy) knows by these names. Remora implements the
+/// ECDHE AEAD ones; the rest are accepted in a list and not offered (see `tls::provider_for`).
+pub const BORINGSSL_CIPHERS: [&str; 20] = [
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-PSK-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-PSK-AES128-CBC-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "ECDHE-PSK-AES256-CBC-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "PSK-AES128-CBC-SHA",
+    "AES256-SHA",
+    "PSK-AES256-CBC-SHA",
+    "DES-CBC3-SHA",
+];
+
+/// Key-exchange groups BoringSSL knows by these names (Remora implements X25519, P-256, P-384).
+pub const BORINGSSL_CURVES: [&str; 5] = ["X25519", "P-256", "P-384", "P-521", "X25519MLKEM768"];
 
 /// A secret named by an `SdsSecretConfig`, and where it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +252,52 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
     if let Some(p) = &c.tls_params {
         out.min_version = tls_version(p.tls_minimum_protocol_version);
         out.max_version = tls_version(p.tls_maximum_protocol_version);
+        out.cipher_suites = cipher_suites(&p.cipher_suites).map_err(|e| e.within("tls_params"))?;
+        for (i, curve) in p.ecdh_curves.iter().enumerate() {
+            if !BORINGSSL_CURVES.contains(&curve.as_str()) {
+                return Err(FieldError::new(
+                    format!("tls_params.ecdh_curves[{i}]"),
+                    format!("Failed to initialize ECDH curves {curve}"),
+                ));
+            }
+        }
+        out.ecdh_curves.clone_from(&p.ecdh_curves);
+        // Narrowing the signature algorithms or a compliance policy cannot be honoured by
+        // ignoring them; refuse rather than negotiate something the operator excluded.
+        if !p.signature_algorithms.is_empty() {
+            return Err(FieldError::new("tls_params.signature_algorithms", "not supported by Remora"));
+        }
+        if !p.compliance_policies.is_empty() {
+            return Err(FieldError::new("tls_params.compliance_policies", "not supported by Remora"));
+        }
+    }
+    Ok(out)
+}
+
+/// BoringSSL's cipher list syntax as Envoy passes it: one entry per suite or an equal-preference
+/// group `[A|B]`; every name must be one BoringSSL knows.
+fn cipher_suites(list: &[String]) -> FieldResult<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rejected = Vec::new();
+    for entry in list {
+        let inner = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).unwrap_or(entry);
+        for name in inner.split('|') {
+            if BORINGSSL_CIPHERS.contains(&name) {
+                out.push(name.to_string());
+            } else {
+                rejected.push(name);
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        return Err(FieldError::new(
+            "cipher_suites",
+            format!(
+                "Failed to initialize cipher suites {}. The following ciphers were rejected when tried individually: {}",
+                list.join(":"),
+                rejected.join(", ")
+            ),
+        ));
     }
     Ok(out)
 }

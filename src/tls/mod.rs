@@ -36,6 +36,53 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The crypto provider narrowed to a context's `cipher_suites` and `ecdh_curves`. As in
+/// BoringSSL, cipher suites restrict TLS 1.2 only (TLS 1.3 suites are not configurable). Suites
+/// and curves BoringSSL knows but rustls does not implement (CBC, non-ECDHE, P-521, ...) are
+/// not offered: the connection can only be narrower than configured, never wider.
+fn provider_for(c: &CommonTls) -> Result<Arc<rustls::crypto::CryptoProvider>, TlsError> {
+    use rustls::{CipherSuite as Cs, NamedGroup, SupportedCipherSuite};
+    let mut p = rustls::crypto::ring::default_provider();
+    if !c.cipher_suites.is_empty() {
+        let name = |s: Cs| match s {
+            Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+            Cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+            Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+            Cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+            Cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+            Cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+            _ => "",
+        };
+        p.cipher_suites.retain(|s| match s {
+            SupportedCipherSuite::Tls13(_) => true,
+            SupportedCipherSuite::Tls12(_) => c.cipher_suites.iter().any(|n| n == name(s.suite())),
+        });
+        let tls12_only = c.max_version.is_some_and(|v| v <= TlsVersion::Tls12);
+        if tls12_only && !p.cipher_suites.iter().any(|s| matches!(s, SupportedCipherSuite::Tls12(_))) {
+            return Err(TlsError::Config(format!(
+                "none of the cipher suites {:?} is implemented by Remora (ECDHE with AES-GCM or ChaCha20-Poly1305)",
+                c.cipher_suites
+            )));
+        }
+    }
+    if !c.ecdh_curves.is_empty() {
+        let name = |g: NamedGroup| match g {
+            NamedGroup::X25519 => "X25519",
+            NamedGroup::secp256r1 => "P-256",
+            NamedGroup::secp384r1 => "P-384",
+            _ => "",
+        };
+        p.kx_groups.retain(|g| c.ecdh_curves.iter().any(|n| n == name(g.name())));
+        if p.kx_groups.is_empty() {
+            return Err(TlsError::Config(format!(
+                "none of the ECDH curves {:?} is implemented by Remora (X25519, P-256, P-384)",
+                c.ecdh_curves
+            )));
+        }
+    }
+    Ok(Arc::new(p))
+}
+
 fn versions(c: &CommonTls) -> Vec<&'static rustls::SupportedProtocolVersion> {
     let min = c.min_version.unwrap_or(TlsVersion::Tls12);
     let max = c.max_version.unwrap_or(TlsVersion::Tls13);
@@ -114,7 +161,7 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let c = &t.common;
     let cert =
         cert_source(c)?.ok_or_else(|| TlsError::Config("No TLS certificates found for server context".into()))?;
-    let builder = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider_for(c)?)
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match roots_source(c)? {
@@ -152,7 +199,7 @@ pub fn certified_key_from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Ce
 /// A client config for a cluster's `UpstreamTlsContext`.
 pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let c = &t.common;
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider_for(c)?)
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let sans = c.validation.as_ref().map(|v| v.san_matchers.clone()).unwrap_or_default();
