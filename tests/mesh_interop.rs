@@ -191,6 +191,32 @@ fn istio_authn_filter() -> Value {
     })
 }
 
+/// istiod's outbound HTTP metadata exchange (the peer_metadata filter of newer releases).
+fn peer_metadata_filter() -> Value {
+    json!({
+        "name": "istio.metadata_exchange",
+        "typed_config": {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
+            "value": {"upstream_discovery": [{"istio_headers": {}}], "upstream_propagation": [{"istio_headers": {}}]}
+        }
+    })
+}
+
+/// istiod's inbound HTTP metadata exchange in its older, Wasm null-VM form (the conformance dumps').
+fn wasm_metadata_exchange_filter() -> Value {
+    json!({
+        "name": "istio.metadata_exchange",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "vm_config": {"runtime": "envoy.wasm.runtime.null", "code": {"local": {"inline_string": "envoy.wasm.metadata_exchange"}}},
+                "configuration": {"@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"}
+            }
+        }
+    })
+}
+
 fn istio_alpn_filter() -> Value {
     json!({
         "name": "istio.alpn",
@@ -272,6 +298,12 @@ fn istio_extensions(kind: ProxyKind) -> bool {
     kind == ProxyKind::Remora
 }
 
+fn outbound_listener(name: &str, port: u16, filter: Value) -> Value {
+    let mut l = util::listener(name, port, filter, None);
+    l["traffic_direction"] = json!("OUTBOUND");
+    l
+}
+
 struct ClientPorts {
     admin: u16,
     http: u16,
@@ -283,6 +315,7 @@ fn client_config(kind: ProxyKind, p: &ClientPorts, agent: &Agent, http_port: u16
     let ext = istio_extensions(kind);
     let mut http_filters = vec![];
     if ext {
+        http_filters.push(peer_metadata_filter());
         http_filters.push(istio_alpn_filter());
     }
     http_filters.push(util::router_filter());
@@ -314,7 +347,7 @@ fn client_config(kind: ProxyKind, p: &ClientPorts, agent: &Agent, http_port: u16
         "node": node(CLIENT_NODE, "sleep"),
         "admin": {"address": socket_address(p.admin)},
         "static_resources": {
-            "listeners": [util::listener("outbound_http", p.http, hcm, None), util::listener("outbound_tcp", p.tcp, tcp, None)],
+            "listeners": [outbound_listener("outbound_http", p.http, hcm), outbound_listener("outbound_tcp", p.tcp, tcp)],
             "clusters": [
                 outbound_cluster(8000, HTTP_HOST, http_port, &["istio-peer-exchange", "istio"], false, false),
                 outbound_cluster(8001, HTTP_HOST, http_port, &["istio-peer-exchange", "istio", "h2"], true, false),
@@ -343,6 +376,8 @@ fn server_config(kind: ProxyKind, p: &ServerPorts, agent: &Agent, http_app: u16,
         filters.push(terminal);
         filters
     };
+    let inbound_http_filters =
+        if ext { vec![wasm_metadata_exchange_filter(), util::router_filter()] } else { vec![util::router_filter()] };
     let hcm = json!({
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -350,7 +385,7 @@ fn server_config(kind: ProxyKind, p: &ServerPorts, agent: &Agent, http_app: u16,
             "stat_prefix": "inbound_0.0.0.0_8000",
             "route_config": {"name": "inbound|8000||", "virtual_hosts": [{"name": "inbound|http|8000", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|8000||", "timeout": "0s"}}]}]},
-            "http_filters": [util::router_filter()],
+            "http_filters": inbound_http_filters,
             "forward_client_cert_details": "APPEND_FORWARD",
             "set_current_client_cert_details": {"subject": true, "dns": true, "uri": true},
             "use_remote_address": false
@@ -369,6 +404,7 @@ fn server_config(kind: ProxyKind, p: &ServerPorts, agent: &Agent, http_app: u16,
         json!({
             "name": name,
             "address": socket_address(port),
+            "traffic_direction": "INBOUND",
             "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
                                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
             "filter_chains": [{
@@ -460,9 +496,14 @@ async fn tcp_round_trip(port: u16, payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(back)
 }
 
+/// What a client application might send in the metadata-exchange headers itself.
+const SPOOFED_ID: &str = "sidecar~10.9.9.9~spoofed.default~default.svc.cluster.local";
+
 async fn http_get(port: u16, path: &str, h2: bool) -> Result<util::Resp, String> {
     let req = Request::get(format!("http://{HTTP_HOST}{path}"))
         .header("host", HTTP_HOST)
+        .header("x-envoy-peer-metadata-id", SPOOFED_ID)
+        .header("x-envoy-peer-metadata", "CgsKBE5BTUUSAxoBeA==")
         .body(Full::<Bytes>::default())
         .map_err(|e| e.to_string())?;
     if h2 {
@@ -532,10 +573,34 @@ async fn mesh_hop(client_kind: ProxyKind, server_kind: ProxyKind, envoy: Option<
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Istio's HTTP metadata exchange: an inbound Remora takes the peer's headers off and answers
+    // with its own; an outbound Remora writes its own and takes the peer's off the response.
+    let (app_sees, client_app_sees) = match (client_kind, server_kind) {
+        (_, ProxyKind::Remora) if client_kind == ProxyKind::Envoy => (None, Some((SERVER_NODE, "httpbin"))),
+        (_, ProxyKind::Remora) => (None, None),
+        (ProxyKind::Remora, ProxyKind::Envoy) => (Some((CLIENT_NODE, "sleep")), None),
+        (ProxyKind::Envoy, ProxyKind::Envoy) => unreachable!("a hop has at least one Remora"),
+    };
     for (path, h2, version) in [("/h1", false, "HTTP/1.1"), ("/h2", true, "HTTP/2.0")] {
         let r = http_get(hop.client_ports.http, path, h2).await.unwrap_or_else(|e| panic!("{what} {path}: {e}"));
         assert_eq!(r.status, 200, "{what} {path}: {}", r.text());
+        let got = |id: Option<&str>, md: Option<&str>| (id.map(str::to_string), md.map(decode_peer_metadata));
+        let expected = |who: Option<(&str, &str)>| match who {
+            Some((id, workload)) => (Some(id.to_string()), Some(expected_frame(id, workload)["metadata"].clone())),
+            None => (None, None),
+        };
+        assert_eq!(
+            got(r.header("x-envoy-peer-metadata-id"), r.header("x-envoy-peer-metadata")),
+            expected(client_app_sees),
+            "{what} {path}: metadata-exchange headers on the client application's response"
+        );
         let body = r.json();
+        let app_header = |name: &str| body["headers"][name][0].as_str().map(str::to_string);
+        assert_eq!(
+            got(app_header("x-envoy-peer-metadata-id").as_deref(), app_header("x-envoy-peer-metadata").as_deref()),
+            expected(app_sees),
+            "{what} {path}: metadata-exchange headers at the server application"
+        );
         assert_eq!(body["upstream"], "httpbin", "{what} {path}");
         assert_eq!(body["version"], version, "{what} {path}: the protocol on the second hop");
         let xfcc = body["headers"]["x-forwarded-client-cert"][0].as_str().unwrap_or_default().to_string();
@@ -619,6 +684,24 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, pem).expect("write pem");
     p.display().to_string()
+}
+
+/// `x-envoy-peer-metadata`: base64 of a serialized `google.protobuf.Struct`, as JSON.
+fn decode_peer_metadata(value: &str) -> Value {
+    use base64::Engine;
+    use prost::Message;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value).expect("base64");
+    struct_json(&prost_types::Struct::decode(bytes.as_slice()).expect("Struct"))
+}
+
+fn struct_json(s: &prost_types::Struct) -> Value {
+    use prost_types::value::Kind;
+    let value = |v: &prost_types::Value| match &v.kind {
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::StructValue(s)) => struct_json(s),
+        other => json!(format!("{other:?}")),
+    };
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
 }
 
 /// What Remora's frame must carry for a node built by [`node`]: istio-proxy's FlatNode subset

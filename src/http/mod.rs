@@ -9,6 +9,7 @@ pub mod conn;
 pub mod hcm;
 mod idle;
 pub mod local_reply;
+mod peer_metadata;
 pub mod request_headers;
 pub mod router;
 mod router_upgrade;

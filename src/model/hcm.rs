@@ -34,6 +34,41 @@ pub enum RouteSource {
     Rds(String),
 }
 
+/// A listener's `traffic_direction`, which some filters (Istio's Wasm metadata exchange) act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficDirection {
+    Unspecified,
+    Inbound,
+    Outbound,
+}
+
+impl TrafficDirection {
+    pub fn from_proto(v: i32) -> Self {
+        match v {
+            1 => TrafficDirection::Inbound,
+            2 => TrafficDirection::Outbound,
+            _ => TrafficDirection::Unspecified,
+        }
+    }
+}
+
+/// Istio's HTTP metadata exchange through `x-envoy-peer-metadata` / `x-envoy-peer-metadata-id`
+/// (`istio.metadata_exchange`): which headers the filter takes off and which it adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerMetadataHeaders {
+    /// Read and remove the downstream peer's headers from requests.
+    pub strip_request: bool,
+    /// Add this proxy's headers to requests.
+    pub add_request: bool,
+    /// Read and remove the upstream peer's headers from responses.
+    pub strip_response: bool,
+    /// Add this proxy's headers to responses, when the request carried the peer's.
+    pub add_response: bool,
+}
+
+const WASM: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const PEER_METADATA: &str = "io.istio.http.peer_metadata.Config";
+
 /// How an HTTP filter is handled.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
@@ -44,6 +79,8 @@ pub enum HttpFilter {
     },
     /// `istio.alpn`: the ALPN offered to TLS upstreams per request protocol.
     AlpnOverride(Arc<super::istio_alpn::AlpnOverride>),
+    /// `istio.metadata_exchange` over HTTP headers.
+    PeerMetadata(PeerMetadataHeaders),
     /// Not implemented: requests through this chain are refused (fail closed).
     Unimplemented {
         name: String,
@@ -118,7 +155,11 @@ impl HttpConnectionManager {
         })
     }
 
-    pub fn from_proto(h: &pb::HttpConnectionManager, notes: &mut Notes) -> FieldResult<Self> {
+    pub fn from_proto(
+        h: &pb::HttpConnectionManager,
+        direction: TrafficDirection,
+        notes: &mut Notes,
+    ) -> FieldResult<Self> {
         if h.stat_prefix.is_empty() {
             return Err(FieldError::new("stat_prefix", "value length must be at least 1 characters"));
         }
@@ -151,7 +192,7 @@ impl HttpConnectionManager {
             }
             None => return Err(FieldError::new("route_specifier", "one of route_config or rds is required")),
         };
-        let filters = http_filters(&h.http_filters, notes)?;
+        let filters = http_filters(&h.http_filters, direction, notes)?;
         let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
         if max_request_headers_kb == 0 || max_request_headers_kb > 8192 {
             return Err(FieldError::new("max_request_headers_kb", "value must be inside range (0, 8192]"));
@@ -246,7 +287,11 @@ impl HttpConnectionManager {
 }
 
 /// Classifies the HTTP filter chain; the router must be present and last.
-fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Vec<HttpFilter>> {
+fn http_filters(
+    filters: &[pb::HttpFilter],
+    direction: TrafficDirection,
+    notes: &mut Notes,
+) -> FieldResult<Vec<HttpFilter>> {
     use pb::http_filter::ConfigType;
     let mut out = Vec::with_capacity(filters.len());
     for (i, f) in filters.iter().enumerate() {
@@ -276,9 +321,35 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
             }
             // Telemetry only: they count or label requests and never change one, so skipping them
             // changes no request or response (Remora's own stats cover the Envoy-named metrics).
-            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
-            | "stats.PluginConfig"
-            | "io.istio.http.peer_metadata.Config" => HttpFilter::Harmless { name: f.name.clone() },
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" | "stats.PluginConfig" => {
+                HttpFilter::Harmless { name: f.name.clone() }
+            }
+            PEER_METADATA => {
+                let c: super::istio_peer_metadata::Config =
+                    super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                HttpFilter::PeerMetadata(c.headers())
+            }
+            WASM => match null_vm_plugin(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))? {
+                // istio-proxy's built-in (null VM) plugins.
+                Some("envoy.wasm.metadata_exchange") => HttpFilter::PeerMetadata(PeerMetadataHeaders {
+                    strip_request: true,
+                    add_request: direction != TrafficDirection::Inbound,
+                    strip_response: true,
+                    add_response: direction != TrafficDirection::Outbound,
+                }),
+                Some("envoy.wasm.stats") => HttpFilter::Harmless { name: f.name.clone() },
+                _ if f.is_optional => {
+                    notes.warn(format!("optional Wasm HTTP filter '{}' is not implemented and is skipped", f.name));
+                    continue;
+                }
+                _ => {
+                    notes.warn(format!(
+                        "Wasm HTTP filter '{}' is not implemented: requests through it are refused",
+                        f.name
+                    ));
+                    HttpFilter::Unimplemented { name: f.name.clone(), type_name: WASM.to_string() }
+                }
+            },
             "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig" => {
                 let c: super::istio_alpn::FilterConfig =
                     super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
@@ -337,4 +408,24 @@ fn http_filters(filters: &[pb::HttpFilter], notes: &mut Notes) -> FieldResult<Ve
         None => return Err(FieldError::new("http_filters", "no HTTP filters: the router filter is required")),
     }
     Ok(out)
+}
+
+/// The null-VM plugin a Wasm filter names (`vm_config.runtime: envoy.wasm.runtime.null`, the code
+/// an inline string), if it is one.
+fn null_vm_plugin(any: &envoy_types::pb::google::protobuf::Any) -> Result<Option<&'static str>, String> {
+    use envoy_types::pb::envoy::config::core::v3::{async_data_source::Specifier, data_source};
+    use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm;
+    let w: envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm = super::unpack(any)?;
+    let Some(Vm::VmConfig(vm)) = w.config.and_then(|c| c.vm) else { return Ok(None) };
+    if vm.runtime != "envoy.wasm.runtime.null" {
+        return Ok(None);
+    }
+    let code = match vm.code.and_then(|c| c.specifier) {
+        Some(Specifier::Local(ds)) => match ds.specifier {
+            Some(data_source::Specifier::InlineString(s)) => s,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(["envoy.wasm.metadata_exchange", "envoy.wasm.stats"].into_iter().find(|p| *p == code))
 }

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 
 use super::error::{ConfigError, FieldError, FieldResult};
-use super::hcm::HttpConnectionManager;
+use super::hcm::{HttpConnectionManager, TrafficDirection};
 use super::route::{RouteTable, WeightedCluster, WeightedClusters};
 use super::tls::DownstreamTls;
 use super::{duration, unpack, Notes};
@@ -129,6 +129,7 @@ impl Listener {
     }
 
     fn build(l: &pb::Listener, notes: &mut Notes) -> FieldResult<Self> {
+        let direction = TrafficDirection::from_proto(l.traffic_direction);
         // An internal listener (Envoy's user-space listeners, used by Istio's HBONE) has no
         // socket; Remora does not implement them, so it keeps the resource but never binds it.
         let internal = l.listener_specifier.is_some() && l.address.is_none();
@@ -180,14 +181,18 @@ impl Listener {
         let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
         for (i, fc) in l.filter_chains.iter().enumerate() {
             filter_chains.push(Arc::new(
-                FilterChain::from_proto(fc, notes).map_err(|e| e.within(&format!("filter_chains[{i}]")))?,
+                FilterChain::from_proto(fc, direction, notes).map_err(|e| e.within(&format!("filter_chains[{i}]")))?,
             ));
         }
         check_duplicate_matches(&filter_chains, &l.name)?;
         let default_filter_chain = l
             .default_filter_chain
             .as_ref()
-            .map(|fc| FilterChain::from_proto(fc, notes).map(Arc::new).map_err(|e| e.within("default_filter_chain")))
+            .map(|fc| {
+                FilterChain::from_proto(fc, direction, notes)
+                    .map(Arc::new)
+                    .map_err(|e| e.within("default_filter_chain"))
+            })
             .transpose()?;
         if filter_chains.is_empty() && default_filter_chain.is_none() {
             return Err(FieldError::new("filter_chains", "no filter chains specified"));
@@ -265,7 +270,7 @@ fn check_duplicate_matches(chains: &[Arc<FilterChain>], listener: &str) -> Field
 }
 
 impl FilterChain {
-    fn from_proto(fc: &pb::FilterChain, notes: &mut Notes) -> FieldResult<Self> {
+    fn from_proto(fc: &pb::FilterChain, direction: TrafficDirection, notes: &mut Notes) -> FieldResult<Self> {
         let matcher = fc
             .filter_chain_match
             .as_ref()
@@ -311,7 +316,7 @@ impl FilterChain {
                 HCM => {
                     let pb: PbHcm = unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
                     NetworkTerminal::Http(Arc::new(
-                        HttpConnectionManager::from_proto(&pb, notes)
+                        HttpConnectionManager::from_proto(&pb, direction, notes)
                             .map_err(|e| e.within(&format!("{path}.typed_config")))?,
                     ))
                 }

@@ -15,6 +15,7 @@ pub mod format;
 pub mod hcm;
 pub mod headers;
 pub mod istio_alpn;
+pub mod istio_peer_metadata;
 pub mod listener;
 pub mod matcher;
 pub mod metadata_exchange;

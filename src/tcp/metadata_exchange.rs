@@ -11,8 +11,8 @@
 //! peer whose stream does not start with the magic has no exchange filter: its bytes pass through
 //! untouched; a frame that does not decode is dropped after its header and the rest passes through.
 //!
-//! Owns: the frame (ours, built once from the bootstrap node; the peer's, parsed) and Envoy's
-//! `metadata_exchange.*` stats. Must not choose ALPN (the TLS contexts do) or interpret the peer's
+//! Owns: the frame (ours, built once from the bootstrap node; the peer's, parsed), the node
+//! metadata value the HTTP exchange sends, and Envoy's `metadata_exchange.*` stats. Must not choose ALPN (the TLS contexts do) or interpret the peer's
 //! metadata beyond decoding it.
 
 use std::collections::BTreeMap;
@@ -52,11 +52,15 @@ pub struct ExchangeStats {
     pub metadata_added: Arc<Counter>,
 }
 
-/// This proxy's side of the exchange: its frame and the stats.
+/// This proxy's side of the exchange: its frame and the stats, and the same metadata as Istio's
+/// HTTP exchange carries it (`x-envoy-peer-metadata`: the Struct, deterministically serialized,
+/// base64; `x-envoy-peer-metadata-id`: the node id), for `http::peer_metadata`.
 #[derive(Debug)]
 pub struct LocalExchange {
     frame: Vec<u8>,
     pub stats: ExchangeStats,
+    pub header_metadata: Option<http::HeaderValue>,
+    pub header_id: Option<http::HeaderValue>,
 }
 
 /// What the peer said about itself.
@@ -79,7 +83,14 @@ impl PeerNode {
 impl LocalExchange {
     pub fn new(node: &Node, store: &Store) -> Self {
         let c = |n: &str| store.counter(&format!("metadata_exchange.{n}"));
+        use base64::Engine;
+        let metadata = node.metadata.as_ref().map(flat_node).unwrap_or_default().encode_to_vec();
         LocalExchange {
+            header_metadata: http::HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(metadata))
+                .ok(),
+            header_id: Some(node.id.as_str())
+                .filter(|id| !id.is_empty())
+                .and_then(|id| http::HeaderValue::from_str(id).ok()),
             frame: encode_frame(node),
             stats: ExchangeStats {
                 alpn_protocol_found: c("alpn_protocol_found"),
