@@ -1,4 +1,5 @@
-//! `x-forwarded-client-cert` against the oracle: the same bootstrap (an mTLS listener per
+//! `x-forwarded-client-cert` (and the `%DOWNSTREAM_PEER_*%` / `%DOWNSTREAM_LOCAL_URI_SAN%` format
+//! operators, rendered into request headers) against the oracle: the same bootstrap (an mTLS listener per
 //! `forward_client_cert_details` mode, plus a plaintext one) runs in real Envoy 1.40 and in
 //! Remora, a client with a certificate (subject with a comma, URI and DNS SANs) sends requests
 //! with and without an incoming XFCC header, and the header each upstream receives must be
@@ -37,6 +38,10 @@ fn listener(name: &str, port: &str, mode: &str, tls: bool) -> String {
     } else {
         ""
     };
+    let peer_headers: String = PEER_OPERATORS
+        .iter()
+        .map(|(h, op)| format!("\n            - {{header: {{key: {h}, value: \"%{op}%\"}}}}"))
+        .collect();
     format!(
         r#"
   - name: {name}
@@ -49,10 +54,21 @@ fn listener(name: &str, port: &str, mode: &str, tls: bool) -> String {
           stat_prefix: {name}
           forward_client_cert_details: {mode}
           set_current_client_cert_details: {{subject: true, cert: true, chain: true, dns: true, uri: true}}
-          route_config: {{virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: echo}}}}]}}]}}
+          route_config:
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: echo}}}}]}}]
+            request_headers_to_add:{peer_headers}
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]{ts}"#
     )
 }
+
+/// The connection's certificates as format strings render them into request headers.
+const PEER_OPERATORS: [(&str, &str); 5] = [
+    ("x-peer-uri", "DOWNSTREAM_PEER_URI_SAN"),
+    ("x-peer-dns", "DOWNSTREAM_PEER_DNS_SAN"),
+    ("x-peer-subject", "DOWNSTREAM_PEER_SUBJECT"),
+    ("x-peer-fingerprint", "DOWNSTREAM_PEER_FINGERPRINT_256"),
+    ("x-local-uri", "DOWNSTREAM_LOCAL_URI_SAN"),
+];
 
 fn template() -> String {
     let mut t = String::from("admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{ADMIN}}}}}\nstatic_resources:\n  listeners:");
@@ -112,7 +128,11 @@ async fn xfcc(port: u16, tls: Option<Arc<rustls::ClientConfig>>, incoming: Optio
     };
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).expect("echo JSON");
-    v["headers"]["x-forwarded-client-cert"][0].as_str().unwrap_or("<none>").to_string()
+    let mut seen = v["headers"]["x-forwarded-client-cert"][0].as_str().unwrap_or("<none>").to_string();
+    for (h, _) in PEER_OPERATORS {
+        seen.push_str(&format!(" | {h}={}", v["headers"][h][0].as_str().unwrap_or("<none>")));
+    }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,10 +196,15 @@ async fn xfcc_matches_envoy() {
         .collect();
     assert!(diffs.is_empty(), "XFCC differs from Envoy:\n{}", diffs.join("\n\n"));
     // And the oracle says what the cases are about.
-    assert!(envoy_seen[0].ends_with(": <none>"), "SANITIZE removes: {}", envoy_seen[0]);
+    assert!(envoy_seen[0].contains(": <none> | "), "SANITIZE removes: {}", envoy_seen[0]);
+    assert!(
+        envoy_seen[0].contains("x-peer-uri=spiffe://cluster.local/ns/default/sa/client | "),
+        "the peer identity in a header: {}",
+        envoy_seen[0]
+    );
     assert!(
         envoy_seen[5].contains("By=spiffe://upstream-hop;Hash=00,By=spiffe://cluster.local/ns/default/sa/server;Hash=")
     );
     assert!(envoy_seen[5].contains("Subject=\"O=Acme\\, Inc.,C=US,CN=Test Client\";URI=spiffe://cluster.local/ns/default/sa/client;DNS=client.example.com;DNS=www.client.example.com"), "{}", envoy_seen[5]);
-    assert!(envoy_seen[10].ends_with(": <none>"), "plaintext strips a spoofed header: {}", envoy_seen[10]);
+    assert!(envoy_seen[10].contains(": <none> | "), "plaintext strips a spoofed header: {}", envoy_seen[10]);
 }

@@ -14,7 +14,7 @@ use super::body::{boxed, empty, ResponseBody};
 use super::conn::{ConnInfo, HcmRuntime};
 use super::local_reply;
 use super::router;
-use crate::model::format::FormatContext;
+use crate::model::format::{FormatContext, TlsField};
 use crate::model::hcm::{HttpFilter, RouteSource, ServerHeader};
 use crate::model::route::{
     is_grpc, RedirectAction, RedirectPath, RequestView, Route, RouteAction, RouteTable, StreamDuration, VirtualHost,
@@ -107,6 +107,18 @@ impl FormatContext for HeaderFormat<'_> {
     }
     fn start_time(&self) -> SystemTime {
         self.meta.start_time
+    }
+    fn tls(&self, field: TlsField) -> Option<String> {
+        // Connection details are kept for mTLS connections only, so a server-only TLS connection
+        // renders the local SANs empty too.
+        let d = self.meta.conn.peer.as_ref()?.details();
+        Some(match field {
+            TlsField::PeerUriSan => d.uris.join(","),
+            TlsField::PeerDnsSan => d.dns.join(","),
+            TlsField::PeerSubject => d.subject.clone(),
+            TlsField::PeerFingerprint256 => d.hash.clone(),
+            TlsField::LocalUriSan => d.local_uris.join(","),
+        })
     }
 }
 

@@ -29,6 +29,24 @@ pub trait FormatContext {
         None
     }
     fn start_time(&self) -> std::time::SystemTime;
+    /// A property of the downstream TLS connection; `None` without TLS or a peer certificate.
+    fn tls(&self, _field: TlsField) -> Option<String> {
+        None
+    }
+}
+
+/// The downstream connection's certificates as format strings name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsField {
+    /// The peer's URI SANs, comma-separated (its SPIFFE identity in a mesh).
+    PeerUriSan,
+    PeerDnsSan,
+    /// The peer's subject, RFC 2253.
+    PeerSubject,
+    /// Lowercase hex SHA-256 of the peer certificate.
+    PeerFingerprint256,
+    /// The URI SANs of the certificate this side presented.
+    LocalUriSan,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +66,7 @@ enum Part {
     ResponseCode,
     StartTime,
     Environment(String),
+    Tls(TlsField),
 }
 
 /// A parsed format string.
@@ -132,6 +151,7 @@ impl Formatter {
                 Part::ResponseCode => out.push_str(&ctx.response_code().unwrap_or(0).to_string()),
                 Part::StartTime => out.push_str(&httpdate::fmt_http_date(ctx.start_time())),
                 Part::Environment(name) => out.push_str(&std::env::var(name).unwrap_or_default()),
+                Part::Tls(field) => out.push_str(&ctx.tls(*field).unwrap_or_default()),
             }
         }
         out
@@ -211,6 +231,11 @@ fn parse_operator(op: &str) -> FieldResult<Part> {
         "ROUTE_NAME" => Part::RouteName,
         "RESPONSE_CODE" => Part::ResponseCode,
         "START_TIME" => Part::StartTime,
+        "DOWNSTREAM_PEER_URI_SAN" => Part::Tls(TlsField::PeerUriSan),
+        "DOWNSTREAM_PEER_DNS_SAN" => Part::Tls(TlsField::PeerDnsSan),
+        "DOWNSTREAM_PEER_SUBJECT" => Part::Tls(TlsField::PeerSubject),
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Part::Tls(TlsField::PeerFingerprint256),
+        "DOWNSTREAM_LOCAL_URI_SAN" => Part::Tls(TlsField::LocalUriSan),
         _ => return Err(unsupported()),
     })
 }
