@@ -684,20 +684,6 @@ async fn strict_mtls_refusals_are_counted() {
     assert_eq!(n("ssl.handshake"), 1, "{stats:?}");
 }
 
-fn istio_alpn_filter() -> Value {
-    json!({
-        "name": "istio.alpn",
-        "typed_config": {
-            "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
-            "alpn_override": [
-                {"upstream_protocol": "HTTP10", "alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
-                {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
-                {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}
-            ]
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_alpn_selects_the_peer_http_chain() {
     let (ca, issuer) = pki::ca("alpn CA");
@@ -762,7 +748,11 @@ async fn istio_alpn_selects_the_peer_http_chain() {
             listener(
                 "with_alpn",
                 with_alpn,
-                hcm("with_alpn", routes.clone(), json!({"http_filters": [istio_alpn_filter(), util::router_filter()]})),
+                hcm(
+                    "with_alpn",
+                    routes.clone(),
+                    json!({"http_filters": [util::istio_alpn_filter(), util::router_filter()]}),
+                ),
                 None,
             ),
             listener("without_alpn", without_alpn, hcm("without_alpn", routes, json!({})), None),

@@ -217,20 +217,6 @@ fn wasm_metadata_exchange_filter() -> Value {
     })
 }
 
-fn istio_alpn_filter() -> Value {
-    json!({
-        "name": "istio.alpn",
-        "typed_config": {
-            "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
-            "alpn_override": [
-                {"upstream_protocol": "HTTP10", "alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
-                {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
-                {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}
-            ]
-        }
-    })
-}
-
 fn explicit_h2() -> Value {
     json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -316,7 +302,7 @@ fn client_config(kind: ProxyKind, p: &ClientPorts, agent: &Agent, http_port: u16
     let mut http_filters = vec![];
     if ext {
         http_filters.push(peer_metadata_filter());
-        http_filters.push(istio_alpn_filter());
+        http_filters.push(util::istio_alpn_filter());
     }
     http_filters.push(util::router_filter());
     let routes = json!([

@@ -112,6 +112,21 @@ pub fn istio_sds(name: &str) -> Value {
     })
 }
 
+/// The `istio.alpn` HTTP filter exactly as istiod writes it on outbound connection managers.
+pub fn istio_alpn_filter() -> Value {
+    json!({
+        "name": "istio.alpn",
+        "typed_config": {
+            "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            "alpn_override": [
+                {"upstream_protocol": "HTTP10", "alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
+                {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
+                {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}
+            ]
+        }
+    })
+}
+
 /// A virtual host matching every domain.
 pub fn vhost(routes: Value) -> Value {
     json!([{"name": "all", "domains": ["*"], "routes": routes}])
