@@ -86,12 +86,19 @@ impl HcmStats {
 pub struct HcmRuntime {
     pub config: Arc<HttpConnectionManager>,
     pub stats: HcmStats,
+    pub fault: Option<super::fault::FaultFilter>,
 }
 
 impl HcmRuntime {
     pub fn new(config: Arc<HttpConnectionManager>, store: &Store) -> Arc<Self> {
         let stats = HcmStats::new(store, &config.stat_prefix);
-        Arc::new(HcmRuntime { config, stats })
+        let fault = config.filters.iter().find_map(|f| match f {
+            crate::model::hcm::HttpFilter::Fault(c) => {
+                Some(super::fault::FaultFilter::new(c.clone(), store, &config.stat_prefix))
+            }
+            _ => None,
+        });
+        Arc::new(HcmRuntime { config, stats, fault })
     }
 }
 

@@ -293,6 +293,25 @@ async fn route_and_forward(
         hcm.stats.no_route.inc();
         return local_reply::reply(StatusCode::NOT_FOUND, "", meta.grpc);
     };
+    let _active_fault = match &hcm.fault {
+        Some(fault) => {
+            let per_route = route.per_filter.fault.as_deref().or(vh.per_filter.fault.as_deref());
+            let cluster = match &route.action {
+                RouteAction::Forward(a) => match &a.cluster {
+                    crate::model::route::ClusterTarget::Named(c) => Some(c.as_str()),
+                    // The weighted pick happens in the router; a fault bound to one cluster
+                    // does not apply to a split route.
+                    _ => None,
+                },
+                _ => None,
+            };
+            match fault.apply(per_route, &view, cluster, meta.grpc).await {
+                super::fault::Fault::Continue(active) => active,
+                super::fault::Fault::Abort(resp) => return resp,
+            }
+        }
+        None => None,
+    };
     match &route.action {
         RouteAction::Direct(d) => {
             hcm.stats.rq_direct_response.inc();

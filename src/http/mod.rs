@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod fault;
 pub mod hcm;
 mod idle;
 pub mod local_reply;

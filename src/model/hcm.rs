@@ -81,6 +81,8 @@ pub enum HttpFilter {
     AlpnOverride(Arc<super::istio_alpn::AlpnOverride>),
     /// `istio.metadata_exchange` over HTTP headers.
     PeerMetadata(PeerMetadataHeaders),
+    /// `envoy.filters.http.fault`, with the filter-level config (routes may override it).
+    Fault(Arc<super::fault::FaultConfig>),
     /// Not implemented: requests through this chain are refused (fail closed).
     Unimplemented {
         name: String,
@@ -323,6 +325,13 @@ fn http_filters(
             // changes no request or response (Remora's own stats cover the Envoy-named metrics).
             "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" | "stats.PluginConfig" => {
                 HttpFilter::Harmless { name: f.name.clone() }
+            }
+            super::fault::TYPE_NAME => {
+                let f: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                    super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;
+                HttpFilter::Fault(Arc::new(
+                    super::fault::FaultConfig::from_proto(&f).map_err(|e| e.within(&format!("{path}.typed_config")))?,
+                ))
             }
             PEER_METADATA => {
                 let c: super::istio_peer_metadata::Config =

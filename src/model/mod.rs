@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod dynamic;
 pub mod error;
+pub mod fault;
 pub mod format;
 pub mod hcm;
 pub mod headers;

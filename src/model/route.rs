@@ -49,6 +49,40 @@ pub struct VirtualHost {
     pub include_request_attempt_count: bool,
     pub include_attempt_count_in_response: bool,
     pub require_tls: RequireTls,
+    pub per_filter: PerFilterConfig,
+}
+
+/// `typed_per_filter_config` of a route or virtual host, for the filters Remora implements (the
+/// most specific level wins, as in Envoy).
+#[derive(Debug, Clone, Default)]
+pub struct PerFilterConfig {
+    pub fault: Option<Arc<super::fault::FaultConfig>>,
+}
+
+impl PerFilterConfig {
+    fn from_proto(
+        map: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+        notes: &mut Notes,
+    ) -> FieldResult<Self> {
+        let mut out = PerFilterConfig::default();
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        for name in names {
+            let any = &map[name];
+            let path = format!("typed_per_filter_config[{name}]");
+            let type_name =
+                super::decode::effective_type_name(any).map_err(|e| FieldError::new(&path, e.to_string()))?;
+            match type_name.as_str() {
+                super::fault::TYPE_NAME => {
+                    let f: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                        super::unpack(any).map_err(|e| FieldError::new(&path, e))?;
+                    out.fault = Some(Arc::new(super::fault::FaultConfig::from_proto(&f).map_err(|e| e.within(&path))?));
+                }
+                _ => notes.per_filter_config(std::iter::once(name)),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +99,7 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfig,
 }
 
 #[derive(Debug)]
@@ -489,9 +524,7 @@ impl VirtualHost {
                 Route::from_proto(r, retry_policy.as_ref(), notes).map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<FieldResult<Vec<_>>>()?;
-        if !vh.typed_per_filter_config.is_empty() {
-            notes.per_filter_config(vh.typed_per_filter_config.keys());
-        }
+        let per_filter = PerFilterConfig::from_proto(&vh.typed_per_filter_config, notes)?;
         Ok(VirtualHost {
             name: vh.name.clone(),
             routes,
@@ -515,6 +548,7 @@ impl VirtualHost {
                 2 => RequireTls::All,
                 _ => RequireTls::None,
             },
+            per_filter,
         })
     }
 
@@ -547,9 +581,7 @@ impl Route {
             }
             None => return Err(FieldError::new("action", "one of route, redirect or direct_response is required")),
         };
-        if !r.typed_per_filter_config.is_empty() {
-            notes.per_filter_config(r.typed_per_filter_config.keys());
-        }
+        let per_filter = PerFilterConfig::from_proto(&r.typed_per_filter_config, notes)?;
         Ok(Route {
             name: r.name.clone(),
             matcher,
@@ -566,6 +598,7 @@ impl Route {
                 "response_headers_to_add",
                 "response_headers_to_remove",
             )?,
+            per_filter,
         })
     }
 }
