@@ -55,6 +55,7 @@ suites!(
     retries,
     tcp_proxy,
     http2,
+    cors_fault,
 );
 
 /// The corpus is well formed: every suite on disk has tests and vice versa, case names are

@@ -87,6 +87,8 @@ pub struct HcmRuntime {
     pub config: Arc<HttpConnectionManager>,
     pub stats: HcmStats,
     pub fault: Option<super::fault::FaultFilter>,
+    /// The CORS filter is in the chain.
+    pub cors: bool,
 }
 
 impl HcmRuntime {
@@ -98,7 +100,8 @@ impl HcmRuntime {
             }
             _ => None,
         });
-        Arc::new(HcmRuntime { config, stats, fault })
+        let cors = config.filters.iter().any(|f| matches!(f, crate::model::hcm::HttpFilter::Cors));
+        Arc::new(HcmRuntime { config, stats, fault, cors })
     }
 }
 

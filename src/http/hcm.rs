@@ -312,7 +312,16 @@ async fn route_and_forward(
         }
         None => None,
     };
-    match &route.action {
+    let cors = if hcm.cors {
+        let policies = [route.per_filter.cors.as_deref(), vh.per_filter.cors.as_deref()];
+        match super::cors::on_request(&policies, req.method(), req.headers()) {
+            super::cors::Cors::Preflight(resp) => return resp,
+            other => other,
+        }
+    } else {
+        super::cors::Cors::Pass
+    };
+    let mut resp = match &route.action {
         RouteAction::Direct(d) => {
             hcm.stats.rq_direct_response.inc();
             let body = d.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
@@ -347,26 +356,37 @@ async fn route_and_forward(
                 action.stream_duration.as_ref().and_then(|sd| stream_duration_limit(sd, req.headers_mut(), meta.grpc));
             let sel = router::Selected { cluster: "", route, action, vh, table: &table };
             let forward = router::forward(req, sel, hcm, meta, state);
-            let Some(limit) = limit else { return forward.await };
-            // Envoy's max_stream_duration timer runs from the stream's start; the response body
-            // is bounded by the same deadline.
-            let deadline = meta.start + limit;
-            match tokio::time::timeout_at(deadline.into(), forward).await {
-                Ok(resp) => resp.map(|b| boxed(super::idle::TimedBody::deadline(b, deadline))),
-                Err(_) => {
-                    hcm.stats.rq_max_duration_reached.inc();
-                    // Envoy answers 408 instead when the request body is still arriving; Remora
-                    // does not track that here.
-                    let mut r =
-                        local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "downstream duration timeout", meta.grpc);
-                    if meta.grpc {
-                        r.headers_mut().insert("grpc-status", HeaderValue::from(GRPC_DEADLINE_EXCEEDED));
+            match limit {
+                None => forward.await,
+                // Envoy's max_stream_duration timer runs from the stream's start; the response
+                // body is bounded by the same deadline.
+                Some(limit) => {
+                    let deadline = meta.start + limit;
+                    match tokio::time::timeout_at(deadline.into(), forward).await {
+                        Ok(resp) => resp.map(|b| boxed(super::idle::TimedBody::deadline(b, deadline))),
+                        Err(_) => {
+                            hcm.stats.rq_max_duration_reached.inc();
+                            // Envoy answers 408 instead when the request body is still arriving;
+                            // Remora does not track that here.
+                            let mut r = local_reply::reply(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "downstream duration timeout",
+                                meta.grpc,
+                            );
+                            if meta.grpc {
+                                r.headers_mut().insert("grpc-status", HeaderValue::from(GRPC_DEADLINE_EXCEEDED));
+                            }
+                            r
+                        }
                     }
-                    r
                 }
             }
         }
+    };
+    if let super::cors::Cors::Actual { origin, credentials, expose } = cors {
+        super::cors::on_response(resp.headers_mut(), origin, credentials, expose);
     }
+    resp
 }
 
 const GRPC_DEADLINE_EXCEEDED: u16 = 4;

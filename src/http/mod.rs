@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod conn;
+mod cors;
 pub mod fault;
 pub mod hcm;
 mod idle;

@@ -164,8 +164,12 @@ pub async fn forward(
         None
     } else {
         drop(body);
-        // A bodyless POST/PUT/PATCH still says so to an HTTP/1.1 upstream, as Envoy's codec does.
-        let body_method = matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        // A bodyless POST/PUT/PATCH/OPTIONS still says so to an HTTP/1.1 upstream, as Envoy's
+        // codec does (GET, HEAD and DELETE do not; checked in tests/differential/cors_fault).
+        let body_method = matches!(
+            parts.method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::OPTIONS
+        );
         if body_method
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
             && !cluster.uses_h2(meta.version == Version::HTTP_2)

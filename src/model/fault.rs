@@ -22,7 +22,7 @@ pub struct PerMillion(pub u32);
 
 impl PerMillion {
     /// Envoy's `FractionalPercent`; absent means 0 (the proto default), as in Envoy.
-    fn from_proto(p: Option<&FractionalPercent>) -> Self {
+    pub fn from_fraction(p: Option<&FractionalPercent>) -> Self {
         let Some(p) = p else { return PerMillion(0) };
         let scale = match p.denominator {
             0 => 10_000,
@@ -35,7 +35,7 @@ impl PerMillion {
     /// The same denominator with another numerator (the `*-percentage` request headers).
     pub fn with_numerator(self, numerator: u32, of: &Option<FractionalPercent>) -> Self {
         let denominator = of.as_ref().map_or(0, |p| p.denominator);
-        PerMillion::from_proto(Some(&FractionalPercent { numerator, denominator })).min(self)
+        PerMillion::from_fraction(Some(&FractionalPercent { numerator, denominator })).min(self)
     }
 }
 
@@ -108,7 +108,7 @@ impl FaultConfig {
                 };
                 Some(Delay {
                     source,
-                    percentage: PerMillion::from_proto(d.percentage.as_ref()),
+                    percentage: PerMillion::from_fraction(d.percentage.as_ref()),
                     proto_percentage: d.percentage,
                 })
             }
@@ -137,7 +137,7 @@ impl FaultConfig {
                 };
                 Some(Abort {
                     source,
-                    percentage: PerMillion::from_proto(a.percentage.as_ref()),
+                    percentage: PerMillion::from_fraction(a.percentage.as_ref()),
                     proto_percentage: a.percentage,
                     body: Some(a.response_body.clone()).filter(|b| !b.is_empty()),
                 })
@@ -166,11 +166,11 @@ mod tests {
 
     #[test]
     fn percentages_scale_to_a_million() {
-        let p = |numerator, denominator| PerMillion::from_proto(Some(&FractionalPercent { numerator, denominator }));
+        let p = |numerator, denominator| PerMillion::from_fraction(Some(&FractionalPercent { numerator, denominator }));
         assert_eq!(p(50, 0), PerMillion(500_000));
         assert_eq!(p(5, 1), PerMillion(500));
         assert_eq!(p(7, 2), PerMillion(7));
         assert_eq!(p(200, 0), PerMillion(1_000_000));
-        assert_eq!(PerMillion::from_proto(None), PerMillion(0));
+        assert_eq!(PerMillion::from_fraction(None), PerMillion(0));
     }
 }

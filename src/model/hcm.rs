@@ -83,6 +83,8 @@ pub enum HttpFilter {
     PeerMetadata(PeerMetadataHeaders),
     /// `envoy.filters.http.fault`, with the filter-level config (routes may override it).
     Fault(Arc<super::fault::FaultConfig>),
+    /// `envoy.filters.http.cors`: applies the route's or virtual host's CORS policy.
+    Cors,
     /// Not implemented: requests through this chain are refused (fail closed).
     Unimplemented {
         name: String,
@@ -333,6 +335,8 @@ fn http_filters(
                     super::fault::FaultConfig::from_proto(&f).map_err(|e| e.within(&format!("{path}.typed_config")))?,
                 ))
             }
+            // The filter's own config has no settings; policies come with routes.
+            "envoy.extensions.filters.http.cors.v3.Cors" => HttpFilter::Cors,
             PEER_METADATA => {
                 let c: super::istio_peer_metadata::Config =
                     super::unpack(any).map_err(|e| FieldError::new(format!("{path}.typed_config"), e))?;

@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 pub mod cluster;
+pub mod cors;
 pub mod dynamic;
 pub mod error;
 pub mod fault;

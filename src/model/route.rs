@@ -57,6 +57,7 @@ pub struct VirtualHost {
 #[derive(Debug, Clone, Default)]
 pub struct PerFilterConfig {
     pub fault: Option<Arc<super::fault::FaultConfig>>,
+    pub cors: Option<Arc<super::cors::CorsPolicy>>,
 }
 
 impl PerFilterConfig {
@@ -77,6 +78,12 @@ impl PerFilterConfig {
                     let f: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
                         super::unpack(any).map_err(|e| FieldError::new(&path, e))?;
                     out.fault = Some(Arc::new(super::fault::FaultConfig::from_proto(&f).map_err(|e| e.within(&path))?));
+                }
+                super::cors::TYPE_NAME => {
+                    let c: envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy =
+                        super::unpack(any).map_err(|e| FieldError::new(&path, e))?;
+                    out.cors =
+                        Some(Arc::new(super::cors::CorsPolicy::from_filter_proto(&c).map_err(|e| e.within(&path))?));
                 }
                 _ => notes.per_filter_config(std::iter::once(name)),
             }
@@ -524,7 +531,11 @@ impl VirtualHost {
                 Route::from_proto(r, retry_policy.as_ref(), notes).map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<FieldResult<Vec<_>>>()?;
-        let per_filter = PerFilterConfig::from_proto(&vh.typed_per_filter_config, notes)?;
+        let mut per_filter = PerFilterConfig::from_proto(&vh.typed_per_filter_config, notes)?;
+        if let (None, Some(c)) = (&per_filter.cors, &vh.cors) {
+            per_filter.cors =
+                Some(Arc::new(super::cors::CorsPolicy::from_route_proto(c).map_err(|e| e.within("cors"))?));
+        }
         Ok(VirtualHost {
             name: vh.name.clone(),
             routes,
@@ -581,7 +592,13 @@ impl Route {
             }
             None => return Err(FieldError::new("action", "one of route, redirect or direct_response is required")),
         };
-        let per_filter = PerFilterConfig::from_proto(&r.typed_per_filter_config, notes)?;
+        let mut per_filter = PerFilterConfig::from_proto(&r.typed_per_filter_config, notes)?;
+        if let (None, Some(pb::route::Action::Route(a))) = (&per_filter.cors, &r.action) {
+            if let Some(c) = &a.cors {
+                per_filter.cors =
+                    Some(Arc::new(super::cors::CorsPolicy::from_route_proto(c).map_err(|e| e.within("route.cors"))?));
+            }
+        }
         Ok(Route {
             name: r.name.clone(),
             matcher,
