@@ -5,7 +5,8 @@
 //! translator supports (header exact / prefix / regex / absence, uri exact / prefix / regex,
 //! ignoreUriCase, method, authority, query parameters, uri / regex / authority rewrites, redirect,
 //! direct response, 100/0, 0/100 and 50/50 weights with per-destination headers, request and
-//! response header operations, retries, a fixed timeout, fault aborts (HTTP and gRPC) and delays)
+//! response header operations, retries, a fixed timeout, fault aborts (HTTP and gRPC) and delays,
+//! a CORS policy)
 //! and a few plain Envoy
 //! resources (a listener, route table, EDS cluster and endpoints of their own that also route to
 //! clusters translated from the Istio files).
@@ -247,6 +248,13 @@ spec:
     route: [{destination: {host: details}}]
   - name: default
     route: [{destination: {host: details}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example"}, {regex: "https://.*[.]partner[.]example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 1h
+      allowCredentials: true
 "#;
 
 /// Plain Envoy resources beside the Istio ones: a listener on its own port whose routes reach the
@@ -436,6 +444,17 @@ const CORPUS: &[Case] = &[
     case("GET", "details", "/grpcfail", &[], "").on(Port::Fault),
     case("GET", "details", "/slow", &[], "details").on(Port::Fault),
     case("GET", "details", "/never", &[], "details").on(Port::Fault),
+    // CORS (corsPolicy on the default route)
+    case("GET", "details", "/", &[("origin", "https://shop.example")], "details")
+        .on(Port::Fault)
+        .expect(&[("resp:access-control-allow-origin", "https://shop.example")]),
+    case("GET", "details", "/", &[("origin", "https://a.partner.example")], "details").on(Port::Fault),
+    case("GET", "details", "/", &[("origin", "https://evil.example")], "details")
+        .on(Port::Fault)
+        .expect(&[("resp:access-control-allow-origin", ABSENT)]),
+    case("OPTIONS", "details", "/", &[("origin", "https://shop.example"), ("access-control-request-method", "POST")], "")
+        .on(Port::Fault)
+        .expect(&[("status", "200"), ("resp:access-control-max-age", "3600")]),
     // plain Envoy resources
     case("GET", "anything", "/", &[], "plain")
         .on(Port::Plain)

@@ -43,6 +43,11 @@ pub fn build(reg: &Registry, fault_ports: &BTreeSet<u32>, opts: &Options) -> Vec
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}
             }));
         }
+        // istiod puts the CORS filter on every sidecar HCM; routes carry the policies.
+        filters.push(json!({
+            "name": "envoy.filters.http.cors",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}
+        }));
         filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}

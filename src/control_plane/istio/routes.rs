@@ -16,8 +16,8 @@ use tracing::warn;
 use super::clusters::{cluster_name, cluster_policy, find_dr, hash_policy, DrRef};
 use super::registry::{protocol, resolve_host, Registry, Service};
 use super::types::{
-    envoy_duration, parse_duration, Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute,
-    HttpRouteDestination, Percent, StringMatch, VirtualServiceSpec,
+    envoy_duration, parse_duration, CorsPolicy, Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRetry,
+    HttpRoute, HttpRouteDestination, Percent, StringMatch, VirtualServiceSpec,
 };
 use super::{Generated, Options};
 use crate::control_plane::resource::Kind;
@@ -286,6 +286,13 @@ impl Ctx<'_, '_> {
                 add_headers(&mut r, h);
             }
         }
+        let mut per_filter = serde_json::Map::new();
+        if let Some(c) = &http.cors_policy {
+            per_filter.insert("envoy.filters.http.cors".into(), cors_policy(c));
+        }
+        if !http.mirrors.is_empty() {
+            warn!(route = %http.name.as_deref().unwrap_or(""), "mirrors are not translated by the local control plane (mirror is)");
+        }
         if let Some(f) = &http.fault {
             self.fault = true;
             let mut fault = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
@@ -306,7 +313,10 @@ impl Ctx<'_, '_> {
                 }
                 fault["abort"] = abort;
             }
-            r.insert("typed_per_filter_config".into(), json!({"envoy.filters.http.fault": fault}));
+            per_filter.insert("envoy.filters.http.fault".into(), fault);
+        }
+        if !per_filter.is_empty() {
+            r.insert("typed_per_filter_config".into(), Value::Object(per_filter));
         }
         Value::Object(r)
     }
@@ -451,6 +461,35 @@ fn grpc_code(name: &str) -> u32 {
         .map(|p| p as u32)
         .or_else(|| name.parse().ok())
         .unwrap_or(14)
+}
+
+/// istiod's `TranslateCORSPolicy`: the CORS filter's per-route policy.
+fn cors_policy(c: &CorsPolicy) -> Value {
+    let origins: Vec<Value> = if c.allow_origins.is_empty() {
+        c.allow_origin.iter().map(|o| json!({"exact": o})).collect()
+    } else {
+        c.allow_origins.iter().filter_map(string_match).collect()
+    };
+    let mut p = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": origins,
+        "allow_methods": c.allow_methods.join(","),
+        "allow_headers": c.allow_headers.join(","),
+        "expose_headers": c.expose_headers.join(","),
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+    });
+    if let Some(age) = c.max_age.as_deref().and_then(|a| parse_duration(a).ok()) {
+        p["max_age"] = json!(age.as_secs().to_string());
+    }
+    if let Some(b) = c.allow_credentials {
+        p["allow_credentials"] = json!(b);
+    }
+    match c.unmatched_preflights.as_deref() {
+        Some("IGNORE") => p["forward_not_matching_preflights"] = json!(false),
+        Some("FORWARD") => p["forward_not_matching_preflights"] = json!(true),
+        _ => {}
+    }
+    p
 }
 
 fn string_match(sm: &StringMatch) -> Option<Value> {

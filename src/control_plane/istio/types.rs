@@ -415,11 +415,34 @@ pub struct HttpRoute {
     /// Accepted, not translated (a warning is logged).
     #[serde(default)]
     pub mirrors: Vec<serde_json::Value>,
-    /// Accepted, not translated (a warning is logged).
     #[serde(default)]
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub headers: Option<Headers>,
+}
+
+/// A VirtualService route's `corsPolicy`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated exact origins (used when `allowOrigins` is empty).
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD` or `IGNORE`.
+    #[serde(default)]
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -938,6 +961,17 @@ impl HttpRoute {
                 return Err(err(format!("{path}.retries.attempts"), "must be non-negative"));
             }
             check_duration(&format!("{path}.retries.perTryTimeout"), &r.per_try_timeout)?;
+        }
+        if let Some(c) = &self.cors_policy {
+            for (i, sm) in c.allow_origins.iter().enumerate() {
+                check_string_match(&format!("{path}.corsPolicy.allowOrigins[{i}]"), sm)?;
+            }
+            check_duration(&format!("{path}.corsPolicy.maxAge"), &c.max_age)?;
+            if let Some(u) = &c.unmatched_preflights {
+                if !["UNSPECIFIED", "FORWARD", "IGNORE"].contains(&u.as_str()) {
+                    return Err(err(format!("{path}.corsPolicy.unmatchedPreflights"), format!("unknown value '{u}'")));
+                }
+            }
         }
         if let Some(f) = &self.fault {
             if f.delay.is_none() && f.abort.is_none() {
