@@ -147,6 +147,9 @@ pub enum TlsVersion {
 pub struct DownstreamTls {
     pub common: CommonTls,
     pub require_client_certificate: bool,
+    /// `disable_stateful_session_resumption` (Remora issues no stateless tickets, so its server
+    /// side resumes only from its session cache).
+    pub disable_session_resumption: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +157,8 @@ pub struct UpstreamTls {
     pub common: CommonTls,
     pub sni: Option<String>,
     pub auto_host_sni: bool,
+    /// `max_session_keys`: sessions kept for resumption (Envoy's default 1; 0 disables it).
+    pub max_session_keys: u32,
 }
 
 /// `None` for plaintext (no socket or raw_buffer).
@@ -169,6 +174,7 @@ pub fn downstream_from_transport_socket(ts: &TransportSocket) -> FieldResult<Opt
     Ok(Some(DownstreamTls {
         common,
         require_client_certificate: ctx.require_client_certificate.is_some_and(|b| b.value),
+        disable_session_resumption: ctx.disable_stateful_session_resumption,
     }))
 }
 
@@ -178,7 +184,12 @@ pub fn upstream_from_transport_socket(ts: &TransportSocket) -> FieldResult<Optio
     };
     let ctx: pb::UpstreamTlsContext = unpack(any).map_err(|e| FieldError::new("typed_config", e))?;
     let common = common(ctx.common_tls_context.as_ref()).map_err(|e| e.within("typed_config.common_tls_context"))?;
-    Ok(Some(UpstreamTls { common, sni: Some(ctx.sni).filter(|s| !s.is_empty()), auto_host_sni: ctx.auto_host_sni }))
+    Ok(Some(UpstreamTls {
+        common,
+        sni: Some(ctx.sni).filter(|s| !s.is_empty()),
+        auto_host_sni: ctx.auto_host_sni,
+        max_session_keys: ctx.max_session_keys.map_or(1, |v| v.value),
+    }))
 }
 
 fn typed_config(ts: &TransportSocket) -> FieldResult<Option<&envoy_types::pb::google::protobuf::Any>> {

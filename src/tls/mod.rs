@@ -177,6 +177,9 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(cert));
     cfg.alpn_protocols = offered_alpn(&c.alpn);
+    if t.disable_session_resumption {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     Ok(Arc::new(cfg))
 }
 
@@ -213,6 +216,12 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = offered_alpn(&c.alpn);
+    // Envoy's `max_session_keys`: a resumed session carries the certificates of the handshake it
+    // came from, so 0 makes every connection present the current certificate.
+    cfg.resumption = match t.max_session_keys {
+        0 => rustls::client::Resumption::disabled(),
+        n => rustls::client::Resumption::in_memory_sessions(n as usize),
+    };
     Ok(Arc::new(cfg))
 }
 
