@@ -452,9 +452,15 @@ const CORPUS: &[Case] = &[
     case("GET", "details", "/", &[("origin", "https://evil.example")], "details")
         .on(Port::Fault)
         .expect(&[("resp:access-control-allow-origin", ABSENT)]),
-    case("OPTIONS", "details", "/", &[("origin", "https://shop.example"), ("access-control-request-method", "POST")], "")
-        .on(Port::Fault)
-        .expect(&[("status", "200"), ("resp:access-control-max-age", "3600")]),
+    case(
+        "OPTIONS",
+        "details",
+        "/",
+        &[("origin", "https://shop.example"), ("access-control-request-method", "POST")],
+        "",
+    )
+    .on(Port::Fault)
+    .expect(&[("status", "200"), ("resp:access-control-max-age", "3600")]),
     // plain Envoy resources
     case("GET", "anything", "/", &[], "plain")
         .on(Port::Plain)

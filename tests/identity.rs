@@ -12,6 +12,8 @@
 //!   logged; once the CA is back the next renewal happens.
 //! * `ca_errors_are_clear`: an unknown token is rejected (Unauthenticated), an unreachable CA and
 //!   a CA answering with a one-element chain or non-PEM give their own typed errors.
+//! * `rsa_workload_key_on_request`: with `--ecc-signature-algorithm RSA` the backend's key is RSA
+//!   2048, the CA signs it, and the mTLS exchange with an ECDSA frontend works.
 //! * `rotation_every_30s_under_load`: both sidecars hold 60 s certificates, so each rotates about
 //!   every 30 s, for 3 minutes (`REMORA_ROTATION_SECS` shortens it for local runs) under steady
 //!   load through the mesh: no request fails, both sides present new certificates (new
@@ -94,6 +96,11 @@ fn mesh() -> Mesh {
 
 /// The backend sidecar: an mTLS inbound listener (STRICT-like) in front of `app`.
 async fn backend(m: &Mesh, app: &Upstream, ttl: &str) -> (Proxy, u16) {
+    backend_with(m, app, ttl, &[]).await
+}
+
+/// [`backend`] with more command-line flags.
+async fn backend_with(m: &Mesh, app: &Upstream, ttl: &str, more: &[&str]) -> (Proxy, u16) {
     let (admin, inbound) = (free_port(), free_port());
     let tls = json!({
         "name": "envoy.transport_sockets.tls",
@@ -122,7 +129,7 @@ async fn backend(m: &Mesh, app: &Upstream, ttl: &str) -> (Proxy, u16) {
         vec![cluster("inbound|80||", &[app.port()])],
     );
     let args = ca_args(&m.cp, &m.backend_token, "backend", ttl);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).chain(more.iter().copied()).collect();
     (Proxy::start_with(&config, &[inbound], 1, &args).await, inbound)
 }
 
@@ -594,4 +601,30 @@ async fn rotation_every_30s_under_load() {
     let accepted = back.stat(&backend_cx).await.unwrap_or(0);
     let probes = 2 * (secs / 2 + 3) as i64;
     assert!(accepted <= probes + 12, "{accepted} connections accepted by the backend ({probes} were probes)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_workload_key_on_request() {
+    let m = mesh();
+    let app = Upstream::start("backend-app").await.expect("app");
+    let (back, back_port) = backend_with(&m, &app, "24h", &["--ecc-signature-algorithm", "RSA"]).await;
+    let (front, good, _) = frontend(&m, back_port, "24h").await;
+    let resp = until_ok(good, "frontend → RSA backend", || format!("{}\n{}", front.logs(), back.logs())).await;
+    let xfcc = resp.json()["headers"]["x-forwarded-client-cert"][0].as_str().unwrap_or_default().to_string();
+    assert!(xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/frontend")), "{xfcc}");
+    // The certificate the backend serves certifies an RSA 2048 key for its identity.
+    let tester = tester_client(&m).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", back_port)).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(tester)
+        .connect(rustls::pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .await
+        .expect("handshake with the RSA certificate");
+    let der = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).expect("certificate").clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+    match cert.public_key().parsed().expect("public key") {
+        x509_parser::public_key::PublicKey::RSA(k) => assert_eq!(k.key_size(), 2048),
+        other => panic!("the backend's key is not RSA: {other:?}"),
+    }
+    let san = format!("{:?}", cert.subject_alternative_name());
+    assert!(san.contains(&format!("spiffe://{TD}/ns/default/sa/backend")), "{san}");
 }

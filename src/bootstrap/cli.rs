@@ -139,6 +139,10 @@ pub struct Options {
     /// Certificate lifetime to request, a Go duration (`24h`, `30s`); default `SECRET_TTL`, else 24h.
     #[arg(long = "secret-ttl")]
     pub secret_ttl: Option<String>,
+    /// Workload key type, `ECDSA` (P-256) or `RSA` (2048); default `ECC_SIGNATURE_ALGORITHM`,
+    /// else ECDSA.
+    #[arg(long = "ecc-signature-algorithm")]
+    pub ecc_signature_algorithm: Option<String>,
     /// Default ./var/run/secrets/tokens/istio-token (read on every CA call).
     #[arg(long = "ca-token-path")]
     pub ca_token_path: Option<std::path::PathBuf>,
@@ -157,6 +161,7 @@ impl Options {
             service_account: self.service_account.clone(),
             cluster_id: self.cluster_id.clone(),
             secret_ttl: self.secret_ttl.clone(),
+            key_algorithm: self.ecc_signature_algorithm.clone(),
             token_path: self.ca_token_path.clone(),
             root_cert_path: self.ca_root_cert.clone(),
         }

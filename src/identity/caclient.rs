@@ -136,7 +136,11 @@ impl CaClient {
     /// A new key, its CSR signed, and the response checked: at least leaf and root, PEM, and the
     /// leaf certifies our key.
     pub async fn issue(&self, cfg: &IdentityConfig) -> Result<WorkloadCertificate, IdentityError> {
-        let (key, csr) = super::csr::generate(&cfg.identity, cfg.key)?;
+        // RSA key generation takes a noticeable time: keep it off the runtime's threads.
+        let (identity, algorithm) = (cfg.identity.clone(), cfg.key);
+        let (key, csr) = tokio::task::spawn_blocking(move || super::csr::generate(&identity, algorithm))
+            .await
+            .map_err(|e| IdentityError::Csr(format!("key generation did not finish: {e}")))??;
         let chain = self.create_certificate(&csr, cfg.ttl).await?;
         let malformed = |reason: String| IdentityError::Malformed { addr: self.addr.clone(), reason };
         if chain.len() < 2 {

@@ -37,6 +37,7 @@ pub struct Overrides {
     pub service_account: Option<String>,
     pub cluster_id: Option<String>,
     pub secret_ttl: Option<String>,
+    pub key_algorithm: Option<String>,
     pub token_path: Option<PathBuf>,
     pub root_cert_path: Option<PathBuf>,
 }
@@ -66,7 +67,7 @@ impl IdentityConfig {
             reason: format!("'{ttl_text}' is not a positive Go duration such as 24h or 30s"),
         })?;
         // pilot-agent: ECDSA only when asked; the issue asks ECDSA P-256 by default, RSA on request.
-        let key = match env("ECC_SIGNATURE_ALGORITHM").as_deref() {
+        let key = match o.key_algorithm.clone().or_else(|| env("ECC_SIGNATURE_ALGORITHM")).as_deref() {
             None | Some("ECDSA") | Some("ecdsa") => KeyAlgorithm::EcdsaP256,
             Some("RSA") | Some("rsa") => KeyAlgorithm::Rsa2048,
             Some(other) => {
