@@ -158,7 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         translate: remora::control_plane::istio::Options {
             listener_address: "127.0.0.1".into(),
             listener_ports: BTreeMap::from([(9080, u32::from(outbound))]),
-            domain_suffix: "cluster.local".into(),
+            ..Default::default()
         },
         ca: None,
     };

@@ -31,6 +31,10 @@ pub struct Args {
     /// Names stay istiod's (`0.0.0.0_9080`, route `9080`).
     #[arg(long = "listener-port", value_parser = parse_port_map)]
     pub listener_port: Vec<(u32, u32)>,
+    /// Add istio-proxy's metadata-exchange filters, as istiod does by default: for Remora and
+    /// istio-proxy sidecars (upstream Envoy does not have them).
+    #[arg(long = "metadata-exchange")]
+    pub metadata_exchange: bool,
     /// The mesh DNS domain for short names (`reviews` → `reviews.<ns>.svc.<suffix>`).
     #[arg(long = "domain-suffix", default_value = "cluster.local")]
     pub domain_suffix: String,
@@ -68,6 +72,8 @@ impl Args {
                 listener_address: self.listener_address,
                 listener_ports: self.listener_port.into_iter().collect::<BTreeMap<_, _>>(),
                 domain_suffix: self.domain_suffix,
+                trust_domain: self.trust_domain.clone(),
+                metadata_exchange: self.metadata_exchange,
             },
             ca: self.ca_dir.map(|dir| super::CaOptions {
                 dir,

@@ -84,6 +84,9 @@ pub struct Resource {
     /// clients that reconnect with `initial_resource_versions` are not sent what they already have.
     pub version: String,
     pub any: Any,
+    /// Served only to the proxy whose node IP this is (a workload's own inbound configuration);
+    /// `None`: served to every proxy.
+    pub scope: Option<String>,
 }
 
 impl Resource {
@@ -94,6 +97,7 @@ impl Resource {
             name,
             version,
             any: Any { type_url: kind.type_url().to_string(), value: body },
+            scope: None,
         }
     }
 }

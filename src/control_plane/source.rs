@@ -131,8 +131,13 @@ impl Source {
             }
         }
         let mut out: HashMap<(&'static str, String), Resource> = HashMap::new();
+        let mut scoped = Vec::new();
         for g in istio::translate(&objects, &self.opts) {
             match encode(g.kind, &g.json) {
+                Ok(mut r) if g.scope.is_some() => {
+                    r.scope = g.scope;
+                    scoped.push(r);
+                }
                 Ok(r) => {
                     out.insert((r.type_url, r.name.clone()), r);
                 }
@@ -146,8 +151,8 @@ impl Source {
             }
             out.insert(key, r);
         }
-        let mut v: Vec<Resource> = out.into_values().collect();
-        v.sort_by(|a, b| (a.type_url, &a.name).cmp(&(b.type_url, &b.name)));
+        let mut v: Vec<Resource> = out.into_values().chain(scoped).collect();
+        v.sort_by(|a, b| (&a.scope, a.type_url, &a.name).cmp(&(&b.scope, b.type_url, &b.name)));
         v
     }
 }

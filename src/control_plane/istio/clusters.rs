@@ -96,15 +96,15 @@ pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
 
 /// Every outbound cluster (and its CLA), plus `PassthroughCluster` and `BlackHoleCluster` (the
 /// targets of the `allow_any` route) when there is any service.
-pub fn build(reg: &Registry, drs: &[DrRef<'_>]) -> Vec<Generated> {
+pub fn build(reg: &Registry, drs: &[DrRef<'_>], metadata_exchange: bool) -> Vec<Generated> {
     let mut out = Vec::new();
     for svc in reg.services.values() {
         let dr = find_dr(drs, &svc.hostname);
         for port in &svc.ports {
-            out.extend(build_one(svc, port, dr, "", &BTreeMap::new()));
+            out.extend(build_one(svc, port, dr, "", &BTreeMap::new(), metadata_exchange));
             if let Some(dr) = dr {
                 for subset in &dr.spec.subsets {
-                    out.extend(build_one(svc, port, Some(dr), &subset.name, &subset.labels));
+                    out.extend(build_one(svc, port, Some(dr), &subset.name, &subset.labels, metadata_exchange));
                 }
             }
         }
@@ -139,6 +139,7 @@ fn build_one(
     dr: Option<&DrRef<'_>>,
     subset: &str,
     labels: &BTreeMap<String, String>,
+    metadata_exchange: bool,
 ) -> Vec<Generated> {
     let name = cluster_name(port.number, subset, &svc.hostname);
     let policy = cluster_policy(dr, port.number, subset);
@@ -212,6 +213,11 @@ fn build_one(
         istio["alpn_override"] = json!("false");
     }
     c.insert("metadata".into(), json!({"filter_metadata": {"istio": istio}}));
+    if metadata_exchange {
+        // istiod's cluster filter: TCP connections that negotiate `istio-peer-exchange` carry
+        // the metadata-exchange frame.
+        c.insert("filters".into(), json!([metadata_exchange_filter()]));
+    }
     out.insert(0, Generated::new(Kind::Cluster, Value::Object(c)));
     out
 }
@@ -447,7 +453,19 @@ fn apply_outlier(c: &mut Map<String, Value>, o: &OutlierDetection) {
 }
 
 /// The SDS config istiod gives sidecars: pilot-agent's `sds-grpc` cluster.
-fn agent_sds(name: &str) -> Value {
+/// `istio.metadata_exchange` as istiod writes it (the cluster filter and the inbound network
+/// filter share it).
+pub(super) fn metadata_exchange_filter() -> Value {
+    json!({
+        "name": "istio.metadata_exchange",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+            "protocol": "istio-peer-exchange"
+        }
+    })
+}
+
+pub(super) fn agent_sds(name: &str) -> Value {
     json!({
         "name": name,
         "sds_config": {

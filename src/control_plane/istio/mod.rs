@@ -10,6 +10,7 @@
 //! Owns: parsing Istio documents and the translation. Must not read files or speak xDS.
 
 pub mod clusters;
+pub mod inbound;
 pub mod listeners;
 pub mod registry;
 pub mod routes;
@@ -33,6 +34,12 @@ pub struct Options {
     pub listener_ports: BTreeMap<u32, u32>,
     /// The cluster's DNS domain (`cluster.local`).
     pub domain_suffix: String,
+    /// The mesh's trust domain: inbound mutual TLS accepts its SPIFFE identities.
+    pub trust_domain: String,
+    /// Add istio-proxy's `istio.metadata_exchange` filters (outbound clusters, inbound chains),
+    /// as istiod does with `PILOT_ENABLE_METADATA_EXCHANGE`. Off by default here: upstream Envoy,
+    /// which may be pointed at this control plane, rejects them.
+    pub metadata_exchange: bool,
 }
 
 impl Default for Options {
@@ -41,6 +48,8 @@ impl Default for Options {
             listener_address: "0.0.0.0".into(),
             listener_ports: BTreeMap::new(),
             domain_suffix: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            metadata_exchange: false,
         }
     }
 }
@@ -60,6 +69,7 @@ pub enum Spec {
     DestinationRule(Box<DestinationRuleSpec>),
     ServiceEntry(Box<ServiceEntrySpec>),
     WorkloadEntry(Box<WorkloadEntrySpec>),
+    PeerAuthentication(Box<types::PeerAuthenticationSpec>),
 }
 
 /// An Istio resource that cannot be used: which one, which field, why.
@@ -78,16 +88,24 @@ pub struct IstioError {
 pub struct Generated {
     pub kind: Kind,
     pub json: Value,
+    /// For one workload only: the node IP of its proxy (`None`: for every proxy).
+    pub scope: Option<String>,
 }
 
 impl Generated {
     pub fn new(kind: Kind, json: Value) -> Self {
-        Generated { kind, json }
+        Generated { kind, json, scope: None }
+    }
+
+    /// A resource for the proxy of the workload at `ip` only.
+    pub fn for_workload(kind: Kind, json: Value, ip: &str) -> Self {
+        Generated { kind, json, scope: Some(ip.to_string()) }
     }
 }
 
 const API_VERSIONS: [&str; 3] =
     ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+const SECURITY_API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 /// Whether a document is a Kubernetes-style object (`apiVersion` + `kind`).
 pub fn is_kubernetes_object(doc: &Value) -> bool {
@@ -127,7 +145,8 @@ pub fn parse(doc: &Value) -> Result<Option<IstioObject>, IstioError> {
         reason,
     };
     let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if !API_VERSIONS.contains(&api) {
+    let security = kind_str == "PeerAuthentication" && SECURITY_API_VERSIONS.contains(&api);
+    if !API_VERSIONS.contains(&api) && !security {
         if api.starts_with("networking.istio.io/") || api.is_empty() {
             return Err(fail(
                 "apiVersion",
@@ -172,6 +191,11 @@ pub fn parse(doc: &Value) -> Result<Option<IstioObject>, IstioError> {
             check(s.validate())?;
             ("ServiceEntry", Spec::ServiceEntry(Box::new(s)))
         }
+        "PeerAuthentication" if security => {
+            let s: types::PeerAuthenticationSpec = spec_of(spec_value).map_err(|(f, r)| fail(&f, r))?;
+            check(s.validate())?;
+            ("PeerAuthentication", Spec::PeerAuthentication(Box::new(s)))
+        }
         "WorkloadEntry" => {
             let s: WorkloadEntrySpec = spec_of(spec_value).map_err(|(f, r)| fail(&f, r))?;
             check(s.validate("spec"))?;
@@ -189,6 +213,7 @@ pub fn parse(doc: &Value) -> Result<Option<IstioObject>, IstioError> {
 pub fn translate(objects: &[IstioObject], opts: &Options) -> Vec<Generated> {
     let reg = registry::Registry::build(objects);
     let mut drs: Vec<clusters::DrRef<'_>> = Vec::new();
+    let mut peer_authentications: Vec<inbound::PaRef<'_>> = Vec::new();
     let mut vss: Vec<routes::VsRef<'_>> = Vec::new();
     for o in objects {
         match &o.spec {
@@ -212,6 +237,9 @@ pub fn translate(objects: &[IstioObject], opts: &Options) -> Vec<Generated> {
                     vs.hosts.iter().map(|h| registry::resolve_host(h, &o.namespace, &opts.domain_suffix)).collect();
                 vss.push(routes::VsRef { name: o.name.clone(), namespace: o.namespace.clone(), hosts, spec: vs });
             }
+            Spec::PeerAuthentication(pa) => {
+                peer_authentications.push(inbound::PaRef { namespace: o.namespace.clone(), spec: pa })
+            }
             _ => {}
         }
     }
@@ -222,10 +250,11 @@ pub fn translate(objects: &[IstioObject], opts: &Options) -> Vec<Generated> {
             }
         }
     }
-    let mut out = clusters::build(&reg, &drs);
+    let mut out = clusters::build(&reg, &drs, opts.metadata_exchange);
     let routes = routes::build(&reg, &vss, &drs, opts);
     out.extend(listeners::build(&reg, &routes.fault_ports, opts));
     out.extend(routes.resources);
+    out.extend(inbound::build(&reg, &peer_authentications, opts));
     out
 }
 

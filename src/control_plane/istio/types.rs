@@ -93,6 +93,79 @@ pub struct WorkloadSelector {
 }
 
 // ----------------------------------------------------------------------------------------------
+// PeerAuthentication (security.istio.io)
+// ----------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<PeerSelector>,
+    #[serde(default)]
+    pub mtls: Option<MutualTls>,
+    /// By workload port number.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<String, MutualTls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutualTls {
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// A PeerAuthentication mode; `Unset` inherits from the less specific policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+impl MutualTls {
+    pub fn mode(&self) -> MtlsMode {
+        match self.mode.as_deref() {
+            Some("DISABLE") => MtlsMode::Disable,
+            Some("PERMISSIVE") => MtlsMode::Permissive,
+            Some("STRICT") => MtlsMode::Strict,
+            _ => MtlsMode::Unset,
+        }
+    }
+}
+
+impl PeerAuthenticationSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let check = |path: String, m: &MutualTls| match m.mode.as_deref() {
+            None | Some("UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT") => Ok(()),
+            Some(other) => Err(err(path, format!("unknown mode '{other}' (UNSET, DISABLE, PERMISSIVE or STRICT)"))),
+        };
+        if let Some(m) = &self.mtls {
+            check("spec.mtls.mode".into(), m)?;
+        }
+        for (port, m) in &self.port_level_mtls {
+            if !port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)) {
+                return Err(err(format!("spec.portLevelMtls.{port}"), "not a port number"));
+            }
+            check(format!("spec.portLevelMtls.{port}.mode"), m)?;
+        }
+        if !self.port_level_mtls.is_empty() && self.selector.as_ref().is_none_or(|s| s.match_labels.is_empty()) {
+            // istiod's validation: port-level settings need a workload selector.
+            return Err(err("spec.portLevelMtls", "portLevelMtls requires a workload selector"));
+        }
+        Ok(())
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
 // DestinationRule
 // ----------------------------------------------------------------------------------------------
 

@@ -31,9 +31,35 @@ pub struct Snapshot {
     /// Increases with every change.
     pub serial: u64,
     pub types: BTreeMap<&'static str, Arc<TypeSnapshot>>,
+    /// Resources for one proxy only, by its node IP (a workload's inbound configuration).
+    pub scoped: BTreeMap<String, Vec<Arc<Resource>>>,
 }
 
 impl Snapshot {
+    /// What the proxy at `node_ip` is served: everything shared, plus its own resources. A type
+    /// with resources of its own gets a version of its own, so a change to them alone is pushed.
+    pub fn for_node(self: &Arc<Self>, node_ip: Option<&str>) -> Arc<Snapshot> {
+        let Some(own) = node_ip.and_then(|ip| self.scoped.get(ip)) else { return self.clone() };
+        let mut types = self.types.clone();
+        for type_url in own.iter().map(|r| r.type_url).collect::<std::collections::BTreeSet<_>>() {
+            let base = self.types.get(type_url);
+            let mut resources = base.map(|t| t.resources.clone()).unwrap_or_default();
+            let mut digest = String::new();
+            for r in own.iter().filter(|r| r.type_url == type_url) {
+                digest.push_str(&r.name);
+                digest.push_str(&r.version);
+                resources.insert(r.name.clone(), r.clone());
+            }
+            let version = format!(
+                "{}+{:x}",
+                base.map(|t| t.version.as_str()).unwrap_or("0"),
+                crate::control_plane::resource::fnv1a(digest.as_bytes())
+            );
+            types.insert(type_url, Arc::new(TypeSnapshot { version, resources }));
+        }
+        Arc::new(Snapshot { serial: self.serial, types, scoped: BTreeMap::new() })
+    }
+
     pub fn get(&self, type_url: &str) -> Option<&Arc<TypeSnapshot>> {
         self.types.get(type_url)
     }
@@ -80,10 +106,16 @@ impl Cache {
         let old = self.current();
         let serial = old.serial + 1;
         let mut grouped: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>> = BTreeMap::new();
+        let mut scoped: BTreeMap<String, Vec<Arc<Resource>>> = BTreeMap::new();
         for r in resources {
-            grouped.entry(r.type_url).or_default().insert(r.name.clone(), Arc::new(r));
+            match &r.scope {
+                Some(ip) => scoped.entry(ip.clone()).or_default().push(Arc::new(r)),
+                None => {
+                    grouped.entry(r.type_url).or_default().insert(r.name.clone(), Arc::new(r));
+                }
+            }
         }
-        let mut changed = false;
+        let mut changed = scoped != old.scoped;
         let mut types = BTreeMap::new();
         let all: std::collections::BTreeSet<&'static str> = old.types.keys().chain(grouped.keys()).copied().collect();
         for type_url in all {
@@ -99,7 +131,7 @@ impl Cache {
             }
         }
         if changed {
-            self.tx.send_replace(Arc::new(Snapshot { serial, types }));
+            self.tx.send_replace(Arc::new(Snapshot { serial, types, scoped }));
         }
         changed
     }

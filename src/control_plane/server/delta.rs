@@ -187,6 +187,10 @@ impl Protocol for DeltaStream {
     fn new(conn: u64) -> Self {
         DeltaStream::new(conn)
     }
+    fn request_node(req: &DeltaDiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+
     fn default_type_url(req: &mut DeltaDiscoveryRequest, default: &'static str) {
         if req.type_url.is_empty() {
             req.type_url = default.to_string();

@@ -40,6 +40,8 @@ pub(crate) trait Protocol: Send + 'static {
     fn new(conn: u64) -> Self;
     /// Fills an empty `type_url` (the single-type SDS service sends none).
     fn default_type_url(req: &mut Self::Request, default: &'static str);
+    /// The node a request names (the first request of a stream always does).
+    fn request_node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn on_request(&mut self, req: Self::Request, snap: &cache::Snapshot) -> Vec<Self::Response>;
     fn on_snapshot(&mut self, snap: &cache::Snapshot) -> Vec<Self::Response>;
     fn node(&self) -> &str;
@@ -54,12 +56,19 @@ pub(crate) async fn run_stream<P: Protocol>(
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let mut stream = P::new(conn);
-    let mut snap = snapshots.borrow_and_update().clone();
+    let mut shared = snapshots.borrow_and_update().clone();
+    // The proxy's node IP picks its own resources out of each snapshot.
+    let mut node_ip: Option<String> = None;
+    let mut snap = shared.clone();
     loop {
         let responses = tokio::select! {
             msg = requests.message() => match msg {
                 Ok(Some(mut req)) => {
                     P::default_type_url(&mut req, default_type);
+                    if node_ip.is_none() {
+                        node_ip = P::request_node(&req).and_then(node_ip_of);
+                        snap = shared.for_node(node_ip.as_deref());
+                    }
                     stream.on_request(req, &snap)
                 }
                 Ok(None) => break,
@@ -72,7 +81,8 @@ pub(crate) async fn run_stream<P: Protocol>(
                 if changed.is_err() {
                     break;
                 }
-                snap = snapshots.borrow_and_update().clone();
+                shared = snapshots.borrow_and_update().clone();
+                snap = shared.for_node(node_ip.as_deref());
                 stream.on_snapshot(&snap)
             }
             _ = tx.closed() => break,
@@ -84,6 +94,21 @@ pub(crate) async fn run_stream<P: Protocol>(
         }
     }
     tracing::info!(conn, node = %stream.node(), "xDS client disconnected ({})", P::NAME);
+}
+
+/// A proxy's workload IP: the first of node metadata `INSTANCE_IPS` (what pilot-agent sets), else
+/// the IP in an Istio node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.<domain>`).
+fn node_ip_of(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let from_metadata = node.metadata.as_ref().and_then(|m| match m.fields.get("INSTANCE_IPS")?.kind.as_ref()? {
+        Kind::StringValue(s) => s.split(',').next().map(|ip| ip.trim().to_string()).filter(|ip| !ip.is_empty()),
+        _ => None,
+    });
+    from_metadata.or_else(|| {
+        let mut parts = node.id.split('~');
+        let (_, ip) = (parts.next()?, parts.next()?);
+        ip.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string())
+    })
 }
 
 /// Responses queued per stream before the stream task waits for the client.

@@ -166,6 +166,10 @@ impl Protocol for SotwStream {
     fn new(conn: u64) -> Self {
         SotwStream::new(conn)
     }
+    fn request_node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+
     fn default_type_url(req: &mut DiscoveryRequest, default: &'static str) {
         if req.type_url.is_empty() {
             req.type_url = default.to_string();
