@@ -295,3 +295,64 @@ async fn tls_params_narrow_cipher_suites_and_curves() {
             .await;
     assert!(refused.is_err(), "X25519 is not in the list: {refused:?}");
 }
+
+/// Admin `/certs` reports every TLS context's CA and certificate exactly as Envoy does (checked
+/// against real Envoy with the same bootstrap when it is installed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_certs_matches_envoy() {
+    let dir = support::TempDir::new("remora-e2e-certs").expect("pki dir");
+    let pki = make_pki(dir.path());
+    let ca_pem = std::fs::read_to_string(&pki.ca).expect("ca");
+    let (admin, port) = (free_port(), free_port());
+    let mut upstream_cluster = cluster("backend", &[free_port()]);
+    upstream_cluster["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"validation_context": {"trusted_ca": {"inline_string": ca_pem}}}
+        }
+    });
+    let routes = vhost(json!([route("/", "backend", json!({}))]));
+    let config = bootstrap(
+        admin,
+        vec![listener("mtls", port, hcm("mtls", routes, json!({})), Some(downstream_tls(&pki, true, None)))],
+        vec![upstream_cluster],
+    );
+    let fetch = |admin: u16| async move {
+        let r = util::get(admin, "/certs", &[]).await;
+        assert_eq!(r.status, 200);
+        serde_json::from_str::<Value>(&r.text()).expect("JSON")
+    };
+    let remora = {
+        let _proxy = Proxy::start(&config, &[port]).await;
+        fetch(admin).await
+    };
+    let certs = remora["certificates"].as_array().expect("certificates");
+    assert_eq!(certs.len(), 2, "{remora}");
+    let listener_ctx = &certs[0];
+    assert_eq!(listener_ctx["ca_cert"][0]["path"], json!(pki.ca.display().to_string()));
+    assert_eq!(listener_ctx["cert_chain"][0]["path"], json!(pki.server.cert.display().to_string()));
+    assert_eq!(listener_ctx["cert_chain"][0]["subject_alt_names"], json!([{"dns": "localhost"}]));
+    assert_eq!(certs[1]["ca_cert"][0]["path"], "<inline>");
+    assert_eq!(certs[1]["cert_chain"], json!([]));
+    let der = CertificateDer::from_pem_file(&pki.server.cert).expect("server cert");
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+    let serial: String = x509.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(listener_ctx["cert_chain"][0]["serial_number"], json!(serial.trim_start_matches('0')));
+
+    let Some(envoy) = support::envoy_binary() else { return };
+    let vars = std::collections::BTreeMap::new();
+    let proxy = support::start_proxy(
+        support::ProxyKind::Envoy,
+        &envoy,
+        &config.to_string(),
+        &vars,
+        &[port],
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .expect("envoy");
+    let from_envoy = fetch(admin).await;
+    drop(proxy);
+    assert_eq!(remora, from_envoy, "/certs differs from Envoy's");
+}

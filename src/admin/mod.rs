@@ -1,10 +1,11 @@
 //! The admin API on the bootstrap's admin address, with Envoy's paths and formats: `/ready`,
 //! `/server_info`, `/stats`, `/stats/prometheus`, `/clusters`, `/listeners`, `/config_dump`,
-//! `/quitquitquit`, `/drain_listeners`, `/healthcheck/fail|ok`.
+//! `/certs`, `/quitquitquit`, `/drain_listeners`, `/healthcheck/fail|ok`.
 //!
 //! Owns: reading state for operators. Must not mutate config; lifecycle actions go through
 //! `ProxyState`.
 
+mod certs;
 mod config_dump;
 
 use std::convert::Infallible;
@@ -115,6 +116,11 @@ fn handle(req: Request<Incoming>, state: &Arc<ProxyState>) -> Response<Full<Byte
         }
         "/stats/prometheus" => text(StatusCode::OK, state.stats.render_prometheus(), "text/plain; version=0.0.4"),
         "/clusters" => text(StatusCode::OK, clusters(state), "text/plain; charset=UTF-8"),
+        "/certs" => text(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&certs::render(state)).unwrap_or_default(),
+            "application/json",
+        ),
         "/listeners" => {
             let snap = state.snapshot();
             if query_param(&req, "format").as_deref() == Some("json") {

@@ -66,8 +66,11 @@ async fn run(cfg: IdentityConfig, client: CaClient) {
 
 fn install(cert: &WorkloadCertificate) -> Result<(), crate::tls::TlsError> {
     let certified = crate::tls::certified_key_from_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes())?;
-    let validation =
-        crate::model::tls::Validation { trusted_ca: Some(cert.root_pem.clone().into_bytes()), ..Default::default() };
+    let validation = crate::model::tls::Validation {
+        trusted_ca: Some(cert.root_pem.clone().into_bytes()),
+        trusted_ca_path: Some("<inline>".into()),
+        ..Default::default()
+    };
     let roots =
         crate::tls::root_store(&validation)?.ok_or_else(|| crate::tls::TlsError::TrustedCa("empty root".into()))?;
     let store = crate::secrets::store();
@@ -77,6 +80,7 @@ fn install(cert: &WorkloadCertificate) -> Result<(), crate::tls::TlsError> {
         SecretValue::Certificate(crate::secrets::CertificateSecret {
             certified,
             chain_pem: cert.chain_pem.clone().into_bytes(),
+            chain_path: "<inline>".into(),
         }),
     );
     Ok(())

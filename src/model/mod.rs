@@ -175,6 +175,14 @@ pub fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> FieldResult<
 }
 
 /// Reads a `DataSource` (inline or file) as Envoy does at load time.
+/// Where a `DataSource` comes from, as Envoy's `/certs` names it: the file, else `<inline>`.
+pub fn data_source_path(ds: &DataSource) -> String {
+    match &ds.specifier {
+        Some(Specifier::Filename(f)) => f.clone(),
+        _ => "<inline>".into(),
+    }
+}
+
 pub fn data_source(ds: &DataSource) -> FieldResult<bytes::Bytes> {
     match &ds.specifier {
         Some(Specifier::InlineBytes(b)) => Ok(bytes::Bytes::from(b.clone())),

@@ -18,12 +18,16 @@ const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsCon
 pub struct CertificateKey {
     pub certificate_chain: Vec<u8>,
     pub private_key: Vec<u8>,
+    /// Where the chain came from (a file, or `<inline>`), for `/certs`.
+    pub chain_path: String,
 }
 
 /// Peer verification: trust anchors and subject-alt-name matchers.
 #[derive(Debug, Clone, Default)]
 pub struct Validation {
     pub trusted_ca: Option<Vec<u8>>,
+    /// Where the trusted CA came from (a file, or `<inline>`), for `/certs`.
+    pub trusted_ca_path: Option<String>,
     pub san_matchers: Vec<SanMatcher>,
     pub allow_expired: bool,
 }
@@ -226,6 +230,7 @@ fn common(c: Option<&pb::CommonTlsContext>) -> FieldResult<CommonTls> {
         out.certificates.push(CertificateKey {
             certificate_chain: data_source(chain).map_err(|e| e.within(&format!("{path}.certificate_chain")))?.to_vec(),
             private_key: data_source(key).map_err(|e| e.within(&format!("{path}.private_key")))?.to_vec(),
+            chain_path: super::data_source_path(chain),
         });
     }
     for (i, sds) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
@@ -349,7 +354,12 @@ pub fn validation(v: &pb::CertificateValidationContext) -> FieldResult<Validatio
             matcher: StringMatcher::from_proto(m).map_err(|e| e.within(&format!("match_subject_alt_names[{i}]")))?,
         });
     }
-    Ok(Validation { trusted_ca, san_matchers, allow_expired: v.allow_expired_certificate })
+    Ok(Validation {
+        trusted_ca,
+        trusted_ca_path: v.trusted_ca.as_ref().map(super::data_source_path),
+        san_matchers,
+        allow_expired: v.allow_expired_certificate,
+    })
 }
 
 fn tls_version(v: i32) -> Option<TlsVersion> {

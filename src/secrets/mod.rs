@@ -27,6 +27,8 @@ use crate::tls::TlsError;
 pub struct CertificateSecret {
     pub certified: Arc<rustls::sign::CertifiedKey>,
     pub chain_pem: Vec<u8>,
+    /// Where the chain came from (a file, or `<inline>`), for `/certs`.
+    pub chain_path: String,
 }
 
 /// Trust anchors (and any SAN matchers the secret itself carries).
@@ -64,9 +66,11 @@ impl SecretValue {
                         .map_err(|e| TlsError::Config(format!("secret '{}': {what}: {}", s.name, e.reason)))
                 };
                 let chain_pem = source(&c.certificate_chain, "tls_certificate.certificate_chain")?;
+                let chain_path =
+                    c.certificate_chain.as_ref().map_or_else(|| "<inline>".into(), crate::model::data_source_path);
                 let key_pem = source(&c.private_key, "tls_certificate.private_key")?;
                 let certified = crate::tls::certified_key_from_pem(&chain_pem, &key_pem)?;
-                Ok(SecretValue::Certificate(CertificateSecret { certified, chain_pem }))
+                Ok(SecretValue::Certificate(CertificateSecret { certified, chain_pem, chain_path }))
             }
             Some(Type::ValidationContext(v)) => {
                 let validation = crate::model::tls::validation(v).map_err(|e| {
@@ -216,6 +220,12 @@ impl SecretStore {
     pub fn set_shared(&self, name: &str, value: Arc<SecretValue>) {
         tracing::info!(secret = name, kind = ?value, "secret updated");
         self.named(name).store(value);
+    }
+
+    /// The current value of a secret, if it has one (without starting to track the name).
+    pub fn peek(&self, name: &str) -> Option<Arc<SecretValue>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(name).and_then(|s| s.current())
     }
 
     fn named(&self, name: &str) -> Arc<Slot> {
