@@ -99,10 +99,17 @@ fn first_certificate(pem: &[u8], path: &str, now: SystemTime) -> Option<Value> {
     };
     Some(json!({
         "path": path,
-        "serial_number": cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<String>().trim_start_matches('0'),
+        "serial_number": serial_hex(cert.raw_serial()),
         "subject_alt_names": sans,
         "days_until_expiration": days.to_string(),
         "valid_from": rfc3339(cert.validity().not_before),
         "expiration_time": rfc3339(cert.validity().not_after),
     }))
+}
+
+/// The serial as Envoy prints it: two hex digits per byte of the integer (DER's leading zero byte,
+/// which keeps a high first bit positive, is not part of it).
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
 }
