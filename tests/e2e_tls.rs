@@ -303,6 +303,9 @@ async fn admin_certs_matches_envoy() {
     let dir = support::TempDir::new("remora-e2e-certs").expect("pki dir");
     let pki = make_pki(dir.path());
     let ca_pem = std::fs::read_to_string(&pki.ca).expect("ca");
+    // A trust bundle of two CAs: both are listed.
+    let (other_ca, _) = ca("another trusted CA");
+    std::fs::write(&pki.ca, format!("{ca_pem}{}", other_ca.pem())).expect("bundle");
     let (admin, port) = (free_port(), free_port());
     let mut upstream_cluster = cluster("backend", &[free_port()]);
     upstream_cluster["transport_socket"] = json!({
@@ -331,6 +334,7 @@ async fn admin_certs_matches_envoy() {
     assert_eq!(certs.len(), 2, "{remora}");
     let listener_ctx = &certs[0];
     assert_eq!(listener_ctx["ca_cert"][0]["path"], json!(pki.ca.display().to_string()));
+    assert_eq!(listener_ctx["ca_cert"].as_array().map(Vec::len), Some(2), "{listener_ctx}");
     assert_eq!(listener_ctx["cert_chain"][0]["path"], json!(pki.server.cert.display().to_string()));
     assert_eq!(listener_ctx["cert_chain"][0]["subject_alt_names"], json!([{"dns": "localhost"}]));
     assert_eq!(certs[1]["ca_cert"][0]["path"], "<inline>");

@@ -44,7 +44,8 @@ fn context(c: &CommonTls, now: SystemTime) -> Value {
     };
     if let Some(v) = validation {
         if let (Some(pem), path) = (&v.trusted_ca, v.trusted_ca_path.as_deref().unwrap_or("<inline>")) {
-            ca.extend(first_certificate(pem, path, now));
+            // Every certificate of the trust bundle, as Envoy lists them.
+            ca.extend(all_certificates(pem).iter().filter_map(|der| details(der, path, now)));
         }
     }
     let mut chain: Vec<Value> =
@@ -57,10 +58,17 @@ fn context(c: &CommonTls, now: SystemTime) -> Value {
     json!({"ca_cert": ca, "cert_chain": chain})
 }
 
-/// Envoy's `CertificateDetails` of the first certificate in `pem`.
-fn first_certificate(pem: &[u8], path: &str, now: SystemTime) -> Option<Value> {
+fn all_certificates(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
+}
+
+/// Envoy's `CertificateDetails` of the first certificate in `pem` (the leaf of a chain).
+fn first_certificate(pem: &[u8], path: &str, now: SystemTime) -> Option<Value> {
+    details(all_certificates(pem).first()?, path, now)
+}
+
+fn details(der: &rustls::pki_types::CertificateDer<'_>, path: &str, now: SystemTime) -> Option<Value> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
