@@ -118,9 +118,10 @@ where
     {
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new()).max_buf_size(header_limit.max(8192)).max_headers(cfg.max_headers_count as usize);
-        if let Some(t) = cfg.request_headers_timeout {
-            h1.header_read_timeout(t);
-        }
+        // Always set: hyper's default (30 s, and its clock also runs while a keep-alive connection
+        // waits for its next request) would close idle connections Envoy keeps; Envoy's
+        // `request_headers_timeout` is off unless configured.
+        h1.header_read_timeout(cfg.request_headers_timeout);
     }
     builder
         .http2()
