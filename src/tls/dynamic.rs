@@ -7,7 +7,10 @@
 //! name (Istio's SNI is a cluster key such as `outbound_.9080_.v1_.reviews...`, and workload
 //! certificates carry only a SPIFFE URI).
 //!
-//! Owns: certificate resolvers and verifiers. Must not parse config or fetch secrets.
+//! Session caches (server) and resumption stores (client) are emptied when that material changes,
+//! so a resumed session never outlives the certificate it was established with.
+//!
+//! Owns: certificate resolvers, verifiers and session stores. Must not parse config or fetch secrets.
 
 use std::sync::Arc;
 
@@ -242,4 +245,181 @@ impl ServerCertVerifier for NoVerification {
         Ok(ServerCertVerified::assertion())
     }
     provider_signature_checks!(0);
+}
+
+/// The SDS slots a context's certificate and trust anchors come from; their summed generation
+/// changes whenever any of them is replaced (generations only grow).
+#[derive(Clone, Default)]
+pub struct Material(Vec<Arc<Slot>>);
+
+impl Material {
+    pub fn of(cert: Option<&CertSource>, roots: Option<&RootsSource>) -> Self {
+        let mut slots = Vec::new();
+        if let Some(CertSource::Sds(s)) = cert {
+            slots.push(s.clone());
+        }
+        if let Some(RootsSource::Sds(s)) = roots {
+            slots.push(s.clone());
+        }
+        Material(slots)
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.iter().fold(0u64, |sum, s| sum.wrapping_add(s.generation()))
+    }
+}
+
+/// Session state that is thrown away whenever the context's certificate or trust anchors change,
+/// as Envoy drops a TLS context's sessions (and session-ticket keys) when SDS rotates its secret.
+/// Without this a resumed session would carry the identity of the certificate it was first
+/// established with: after a rotation the client would keep presenting the old certificate (a
+/// TLS 1.3 resumption sends none) and the server would keep accepting it, past its expiry.
+struct Generational<T: ?Sized> {
+    material: Material,
+    current: arc_swap::ArcSwap<(u64, Arc<T>)>,
+    fresh: fn() -> Arc<T>,
+}
+
+impl<T: ?Sized> Generational<T> {
+    fn new(material: Material, fresh: fn() -> Arc<T>) -> Self {
+        let generation = material.generation();
+        Generational { material, current: arc_swap::ArcSwap::from_pointee((generation, fresh())), fresh }
+    }
+
+    fn get(&self) -> Arc<T> {
+        let generation = self.material.generation();
+        let current = self.current.load();
+        if current.0 == generation {
+            return current.1.clone();
+        }
+        // Two handshakes racing here each start an empty store; one of them is kept. Harmless:
+        // at worst a session is not cached.
+        let store = (self.fresh)();
+        self.current.store(Arc::new((generation, store.clone())));
+        store
+    }
+}
+
+/// How many sessions each store keeps (rustls's default).
+const SESSION_CACHE_SIZE: usize = 256;
+
+/// A server's session cache (TLS 1.2 session IDs, TLS 1.3 stateful tickets), emptied on rotation.
+pub struct ServerSessions(Generational<dyn rustls::server::StoresServerSessions>);
+
+impl ServerSessions {
+    pub fn new(material: Material) -> Self {
+        ServerSessions(Generational::new(material, || {
+            rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
+        }))
+    }
+}
+
+impl std::fmt::Debug for ServerSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSessions")
+    }
+}
+
+impl rustls::server::StoresServerSessions for ServerSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.get().put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get().get(key)
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get().take(key)
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// A client's resumption store (tickets and session IDs per server name), emptied on rotation.
+pub struct ClientSessions(Generational<dyn rustls::client::ClientSessionStore>);
+
+impl ClientSessions {
+    pub fn new(material: Material) -> Self {
+        ClientSessions(Generational::new(material, || {
+            Arc::new(rustls::client::ClientSessionMemoryCache::new(SESSION_CACHE_SIZE))
+        }))
+    }
+}
+
+impl std::fmt::Debug for ClientSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSessions")
+    }
+}
+
+impl rustls::client::ClientSessionStore for ClientSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.0.get().set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.0.get().kx_hint(server_name)
+    }
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.0.get().set_tls12_session(server_name, value)
+    }
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.0.get().tls12_session(server_name)
+    }
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.0.get().remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.0.get().insert_tls13_ticket(server_name, value)
+    }
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.0.get().take_tls13_ticket(server_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::client::ClientSessionStore;
+    use rustls::server::StoresServerSessions;
+
+    use super::*;
+    use crate::model::tls::{SdsRef, SdsSource};
+    use crate::secrets::ValidationSecret;
+
+    fn replace(name: &str) {
+        crate::secrets::store().set(
+            name,
+            SecretValue::Validation(ValidationSecret {
+                roots: Arc::new(RootCertStore::empty()),
+                validation: Default::default(),
+            }),
+        );
+    }
+
+    #[test]
+    fn sessions_are_dropped_when_the_material_changes() {
+        let slot = |name: &str| {
+            crate::secrets::store().slot(&SdsRef { name: name.into(), source: SdsSource::Static }).expect("slot")
+        };
+        let server = ServerSessions::new(Material::of(Some(&CertSource::Sds(slot("sessions-cert"))), None));
+        assert!(server.put(b"id".to_vec(), b"session".to_vec()));
+        assert_eq!(server.get(b"id").as_deref(), Some(&b"session"[..]));
+        replace("sessions-cert");
+        assert_eq!(server.get(b"id"), None, "a rotated certificate drops the server's sessions");
+        assert!(server.put(b"id".to_vec(), b"new".to_vec()));
+        assert_eq!(server.get(b"id").as_deref(), Some(&b"new"[..]), "sessions after the rotation are kept");
+
+        let client = ClientSessions::new(Material::of(None, Some(&RootsSource::Sds(slot("sessions-roots")))));
+        let name = ServerName::try_from("upstream").expect("name");
+        client.set_kx_hint(name.clone(), rustls::NamedGroup::X25519);
+        assert_eq!(client.kx_hint(&name), Some(rustls::NamedGroup::X25519));
+        replace("sessions-roots");
+        assert_eq!(client.kx_hint(&name), None, "new trust anchors drop the client's sessions");
+
+        // Fixed material never changes: nothing is dropped.
+        let fixed =
+            ServerSessions::new(Material::of(None, Some(&RootsSource::Fixed(Arc::new(RootCertStore::empty())))));
+        assert!(fixed.put(b"id".to_vec(), b"kept".to_vec()));
+        replace("sessions-cert");
+        assert_eq!(fixed.get(b"id").as_deref(), Some(&b"kept"[..]));
+    }
 }

@@ -16,7 +16,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use dynamic::{CertSource, ClientVerifier, NoVerification, RootsSource, ServerVerifier};
+use dynamic::{
+    CertSource, ClientSessions, ClientVerifier, Material, NoVerification, RootsSource, ServerSessions, ServerVerifier,
+};
 
 use crate::model::tls::{CommonTls, DownstreamTls, SanMatcher, SanType, TlsVersion, UpstreamTls, Validation};
 
@@ -164,7 +166,9 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider_for(c)?)
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match roots_source(c)? {
+    let roots = roots_source(c)?;
+    let sessions = ServerSessions::new(Material::of(Some(&cert), roots.as_ref()));
+    let builder = match roots {
         Some(roots) => {
             builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(roots, t.require_client_certificate)))
         }
@@ -176,6 +180,7 @@ pub fn server_config(t: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(cert));
+    cfg.session_storage = Arc::new(sessions);
     cfg.alpn_protocols = offered_alpn(&c.alpn);
     if t.disable_session_resumption {
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -206,15 +211,19 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         .with_protocol_versions(&versions(c))
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let sans = c.validation.as_ref().map(|v| v.san_matchers.clone()).unwrap_or_default();
-    let builder = match roots_source(c)? {
+    let roots = roots_source(c)?;
+    let cert = cert_source(c)?;
+    let sessions = ClientSessions::new(Material::of(cert.as_ref(), roots.as_ref()));
+    let builder = match roots {
         Some(roots) => builder.dangerous().with_custom_certificate_verifier(Arc::new(ServerVerifier::new(roots, sans))),
         // Envoy without a validation context does not verify the server at all.
         None => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
     };
-    let mut cfg = match cert_source(c)? {
+    let mut cfg = match cert {
         Some(cert) => builder.with_client_cert_resolver(Arc::new(cert)),
         None => builder.with_no_client_auth(),
     };
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(sessions));
     cfg.alpn_protocols = offered_alpn(&c.alpn);
     // Envoy's `max_session_keys`: a resumed session carries the certificates of the handshake it
     // came from, so 0 makes every connection present the current certificate.
