@@ -223,13 +223,13 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         Some(cert) => builder.with_client_cert_resolver(Arc::new(cert)),
         None => builder.with_no_client_auth(),
     };
-    cfg.resumption = rustls::client::Resumption::store(Arc::new(sessions));
     cfg.alpn_protocols = offered_alpn(&c.alpn);
-    // Envoy's `max_session_keys`: a resumed session carries the certificates of the handshake it
-    // came from, so 0 makes every connection present the current certificate.
+    // Envoy's `max_session_keys`: 0 turns resumption off; otherwise sessions are kept in a store
+    // that is emptied whenever this context's certificate or roots rotate (a resumed session
+    // carries the certificates of the handshake it came from).
     cfg.resumption = match t.max_session_keys {
         0 => rustls::client::Resumption::disabled(),
-        n => rustls::client::Resumption::in_memory_sessions(n as usize),
+        _ => rustls::client::Resumption::store(Arc::new(sessions)),
     };
     Ok(Arc::new(cfg))
 }
