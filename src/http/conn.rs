@@ -89,6 +89,8 @@ pub struct HcmRuntime {
     pub fault: Option<super::fault::FaultFilter>,
     /// The CORS filter is in the chain.
     pub cors: bool,
+    /// Istio's HTTP metadata exchange, if the chain has it.
+    pub peer_metadata: Option<crate::model::hcm::PeerMetadataHeaders>,
 }
 
 impl HcmRuntime {
@@ -101,7 +103,11 @@ impl HcmRuntime {
             _ => None,
         });
         let cors = config.filters.iter().any(|f| matches!(f, crate::model::hcm::HttpFilter::Cors));
-        Arc::new(HcmRuntime { config, stats, fault, cors })
+        let peer_metadata = config.filters.iter().find_map(|f| match f {
+            crate::model::hcm::HttpFilter::PeerMetadata(p) => Some(*p),
+            _ => None,
+        });
+        Arc::new(HcmRuntime { config, stats, fault, cors, peer_metadata })
     }
 }
 

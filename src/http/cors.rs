@@ -47,7 +47,7 @@ pub fn on_request(policies: &[Option<&CorsPolicy>], method: &Method, headers: &H
     if !preflight {
         return Cors::Actual { origin: origin.clone(), credentials, expose };
     }
-    let mut resp = empty_ok();
+    let mut resp = super::local_reply::reply(StatusCode::OK, "", false);
     let h = resp.headers_mut();
     if allowed {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
@@ -81,10 +81,4 @@ pub fn on_response(headers: &mut HeaderMap, origin: HeaderValue, credentials: bo
     if let Some(e) = expose {
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e);
     }
-}
-
-fn empty_ok() -> Response<ResponseBody> {
-    let mut r = super::local_reply::reply(StatusCode::OK, "", false);
-    *r.status_mut() = StatusCode::OK;
-    r
 }

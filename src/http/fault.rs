@@ -162,12 +162,7 @@ fn abort_reply(source: &AbortSource, body: &str, grpc: bool) -> http::Response<R
         // As Envoy: a plain request aborted with a gRPC code gets a plain 200 with the body.
         AbortSource::Grpc(_) => local_reply::reply(StatusCode::OK, body, false),
         AbortSource::Http(status) => {
-            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut r = local_reply::reply(status, body, grpc);
-            if !grpc {
-                *r.status_mut() = status;
-            }
-            r
+            local_reply::reply(StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body, grpc)
         }
         // Resolved from the request headers before this point.
         AbortSource::Header => local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, body, grpc),

@@ -160,12 +160,9 @@ pub async fn handle(
         websocket,
     );
     super::xfcc::apply(req.headers_mut(), cfg.forward_client_cert, cfg.client_cert_details, conn.peer.as_deref());
-    let peer_metadata = cfg.filters.iter().find_map(|f| match f {
-        HttpFilter::PeerMetadata(p) => Some(*p),
-        _ => None,
-    });
-    let peer_received =
-        peer_metadata.map(|p| super::peer_metadata::on_request(req.headers_mut(), p, &state.metadata_exchange));
+    let peer_metadata = hcm
+        .peer_metadata
+        .map(|p| (p, super::peer_metadata::on_request(req.headers_mut(), p, &state.metadata_exchange)));
     let host = request_host(&req);
     if !req.headers().contains_key(header::HOST) {
         // h2 carries the authority in `:authority`; h1 upstreams need a Host header.
@@ -199,7 +196,7 @@ pub async fn handle(
 
     let local_reply_unread_body = meta.has_body && resp.extensions().get::<local_reply::Local>().is_some();
     let headers = resp.headers_mut();
-    if let (Some(p), Some(received)) = (peer_metadata, peer_received) {
+    if let Some((p, received)) = peer_metadata {
         super::peer_metadata::on_response(headers, p, received, &state.metadata_exchange);
     }
     match cfg.server_header {

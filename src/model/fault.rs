@@ -17,7 +17,7 @@ use super::route::HeaderMatcher;
 pub const TYPE_NAME: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 /// A share of requests, as a fraction of a million.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PerMillion(pub u32);
 
 impl PerMillion {
@@ -36,18 +36,6 @@ impl PerMillion {
     pub fn with_numerator(self, numerator: u32, of: &Option<FractionalPercent>) -> Self {
         let denominator = of.as_ref().map_or(0, |p| p.denominator);
         PerMillion::from_fraction(Some(&FractionalPercent { numerator, denominator })).min(self)
-    }
-}
-
-impl PartialOrd for PerMillion {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PerMillion {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
     }
 }
 
