@@ -41,24 +41,6 @@ use util::{bootstrap, cluster, hcm, listener, route, vhost, Proxy};
 
 const TD: &str = "cluster.local";
 
-fn ca_args(cp: &xds_common::ControlPlane, token: &Path, sa: &str, ttl: &str) -> Vec<String> {
-    [
-        "--ca-addr",
-        &format!("http://{}", cp.addr),
-        "--ca-token-path",
-        &token.display().to_string(),
-        "--pod-namespace",
-        "default",
-        "--service-account",
-        sa,
-        "--secret-ttl",
-        ttl,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 struct Mesh {
     _dir: support::TempDir,
     cp: xds_common::ControlPlane,
@@ -128,7 +110,7 @@ async fn backend_with(m: &Mesh, app: &Upstream, ttl: &str, more: &[&str]) -> (Pr
         )],
         vec![cluster("inbound|80||", &[app.port()])],
     );
-    let args = ca_args(&m.cp, &m.backend_token, "backend", ttl);
+    let args = xds_common::ca_args(&m.cp, &m.backend_token, "backend", ttl);
     let args: Vec<&str> = args.iter().map(String::as_str).chain(more.iter().copied()).collect();
     (Proxy::start_with(&config, &[inbound], 1, &args).await, inbound)
 }
@@ -207,7 +189,7 @@ async fn frontend_with_fresh(m: &Mesh, backend_port: u16, ttl: &str) -> (Proxy, 
         ],
         vec![to_backend, to_impostor, one_shot],
     );
-    let args = ca_args(&m.cp, &m.frontend_token, "frontend", ttl);
+    let args = xds_common::ca_args(&m.cp, &m.frontend_token, "frontend", ttl);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Proxy::start_with(&config, &[good, bad, fresh], 1, &args).await, good, bad, fresh)
 }
@@ -456,7 +438,7 @@ async fn xds_stream_carries_the_workload_token() {
     let m = mesh();
     // Something to serve, so LIVE means the stream really delivered.
     write_atomic_listener(&m.config_dir);
-    let args = ca_args(&m.cp, &m.frontend_token, "frontend", "1h");
+    let args = xds_common::ca_args(&m.cp, &m.frontend_token, "frontend", "1h");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let with_token = xds_common::Remora::start(m.cp.addr, "DELTA_GRPC", &args).await;
     with_token.wait_live(Duration::from_secs(20)).await;

@@ -61,21 +61,9 @@ fn peer_authentication(mode: &str) -> String {
 fn sidecar_args(cp: &ControlPlane, dir: &Path, sa: &str, ip: &str) -> Vec<String> {
     let token = dir.join(format!("{sa}.jwt"));
     std::fs::write(&token, format!("{sa}-token")).expect("token");
-    [
-        "--service-node",
-        &format!("sidecar~{ip}~{sa}-1.default~default.svc.cluster.local"),
-        "--ca-addr",
-        &format!("http://{}", cp.addr),
-        "--ca-token-path",
-        &token.display().to_string(),
-        "--pod-namespace",
-        "default",
-        "--service-account",
-        sa,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args = vec!["--service-node".to_string(), format!("sidecar~{ip}~{sa}-1.default~default.svc.cluster.local")];
+    args.extend(xds_common::ca_args(cp, &token, sa, "24h"));
+    args
 }
 
 /// One HTTP/1.1 GET through `addr`: status and the XFCC the application saw, or why it failed.

@@ -430,3 +430,23 @@ pub fn grpc_cluster(name: &str, addr: SocketAddr) -> String {
         port = addr.port()
     )
 }
+
+/// A sidecar's workload-identity flags: the control plane's CA, a token file, namespace
+/// `default`, service account `sa`, certificate lifetime `ttl`.
+pub fn ca_args(cp: &ControlPlane, token: &Path, sa: &str, ttl: &str) -> Vec<String> {
+    [
+        "--ca-addr",
+        &format!("http://{}", cp.addr),
+        "--ca-token-path",
+        &token.display().to_string(),
+        "--pod-namespace",
+        "default",
+        "--service-account",
+        sa,
+        "--secret-ttl",
+        ttl,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
